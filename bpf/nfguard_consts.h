@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* nfguard: limits, reasons and modes shared by the XDP and TC programs.
+ *
+ * Every number the Python side must agree on lives here; nfguard/consts.py
+ * mirrors it and tests/test_consts.py checks the two stay equal.
+ */
+#ifndef NFGUARD_CONSTS_H
+#define NFGUARD_CONSTS_H
+
+/* Bytes of UDP payload copied into the scratch buffer and inspected. A
+ * guarded request whose header section does not end inside them gets the
+ * verdict (DESIGN.md §2 rule 5). Must be a power of two: indexes are masked. */
+#ifndef NFG_SCAN_MAX
+#define NFG_SCAN_MAX 4096
+#endif
+#define NFG_SCAN_MASK (NFG_SCAN_MAX - 1)
+/* Slack after the buffer so that 8-byte loads and 128-byte value copies
+ * starting at any masked index stay inside the map value. */
+#define NFG_SCAN_PAD 256
+
+/* Steps of the line scanner: one per 32 bytes without a control byte plus
+ * one per control byte (CR, LF, HT) found. A header section needing more
+ * gets the verdict (scan_limit): 4 KiB of headers in 100 lines take about
+ * 350. */
+#ifndef NFG_LINE_STEPS
+#define NFG_LINE_STEPS 640
+#endif
+/* Header lines starting with a, A, p or P (those that may be Authorization
+ * or Proxy-Authorization) remembered; more: scan_limit. A power of two:
+ * indexes are masked. */
+#define NFG_MAX_LINES 64
+/* Steps of the parameter scanner over all credential header values: one
+ * per 8-byte word plus one per 'u' or 'r' found. */
+#ifndef NFG_PARAM_STEPS
+#define NFG_PARAM_STEPS 384
+#endif
+/* Leading CR/LF bytes skipped before the request line. */
+#define NFG_LEADING_MAX 64
+/* Whitespace (SP, HT, CR, LF) skipped around ':' '=' ',' inside headers. */
+#define NFG_LWS_MAX 16
+/* Leading '"' skipped at the start of a parameter value. */
+#define NFG_QUOTES_MAX 8
+
+#define NFG_USER_MAX 64
+#define NFG_REALM_MAX 128
+#define NFG_MAX_CRED_HDRS 4
+#define NFG_MAX_VLAN 2
+#define NFG_MAX_EXT_HDRS 6
+
+/* Modes and actions (config map). */
+#define NFG_MODE_MONITOR 0
+#define NFG_MODE_ENFORCE 1
+#define NFG_ACTION_DROP 0
+#define NFG_ACTION_REJECT 1
+#define NFG_FRAG_VERDICT 0
+#define NFG_FRAG_PASS 1
+
+/* What the packet got, as recorded in the last-verdict slot and events. */
+#define NFG_ACT_PASS 0
+#define NFG_ACT_DROP 1
+#define NFG_ACT_MARK 2
+
+/* XDP -> TC handover for the reject action: a 4-byte metadata word. */
+#define NFG_META_MAGIC 0x4e464721u /* "NFG!" */
+#define NFG_DEFAULT_REJECT_MARK 0x4e460001u
+
+/* Guarded SIP methods: bit numbers of the config methods mask. REGISTER has
+ * no bit: it can never be guarded, it is how bindings are made. */
+#define NFG_M_INVITE 0
+#define NFG_M_ACK 1
+#define NFG_M_BYE 2
+#define NFG_M_CANCEL 3
+#define NFG_M_OPTIONS 4
+#define NFG_M_MESSAGE 5
+#define NFG_M_REFER 6
+#define NFG_M_SUBSCRIBE 7
+#define NFG_M_NOTIFY 8
+#define NFG_M_INFO 9
+#define NFG_M_UPDATE 10
+#define NFG_M_PRACK 11
+#define NFG_M_PUBLISH 12
+
+/* Reasons. Below NFG_R_FIRST_VERDICT the packet is fine; from it on the
+ * packet gets the verdict of the mode. Names in nfguard/consts.py. */
+enum nfg_reason {
+	NFG_R_NOT_IP = 0,
+	NFG_R_NOT_UDP,
+	NFG_R_PORT_NOT_GUARDED,
+	NFG_R_LATER_FRAGMENT,
+	NFG_R_TRUSTED,
+	NFG_R_METHOD_NOT_GUARDED,
+	NFG_R_NO_CREDENTIALS,
+	NFG_R_BOUND,
+	NFG_R_FRAGMENT_PASSED,
+	NFG_R_FIRST_VERDICT,
+	NFG_R_NOT_BOUND = NFG_R_FIRST_VERDICT,
+	NFG_R_EXPIRED,
+	NFG_R_CREDENTIAL_UNPARSABLE,
+	NFG_R_CREDENTIAL_AMBIGUOUS,
+	NFG_R_CREDENTIAL_TOO_LONG,
+	NFG_R_TOO_MANY_CREDENTIALS,
+	NFG_R_HEADERS_TRUNCATED,
+	NFG_R_FRAGMENTED,
+	NFG_R_EXT_HEADER_LIMIT,
+	NFG_R_SCAN_LIMIT,
+	NFG_R_TOO_MANY_EMPTY_LINES,
+	NFG_R_COUNT,
+};
+
+#endif

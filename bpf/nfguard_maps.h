@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* nfguard: maps. With NFG_PIN_DIR defined (the loader passes it) the state
+ * maps are pinned there and reused when they already exist, so enforcement
+ * survives a controller restart; without it (tests, replay) they are
+ * private to this load. */
+#ifndef NFGUARD_MAPS_H
+#define NFGUARD_MAPS_H
+
+#include "nfguard_structs.h"
+
+#ifndef NFG_BINDINGS_MAX
+#define NFG_BINDINGS_MAX 131072
+#endif
+#define NFG_TRUSTED_MAX 4096
+#define NFG_PORTS_MAX 64
+
+#ifdef NFG_PIN_DIR
+#define NFG_MAP(type, k, v, name, n, flags) \
+	BPF_TABLE_PINNED(type, k, v, name, n, NFG_PIN_DIR "/" #name, flags)
+#else
+#define NFG_MAP(type, k, v, name, n, flags) BPF_F_TABLE(type, k, v, name, n, flags)
+#endif
+
+NFG_MAP("hash", struct nfg_binding_key, struct nfg_binding_val, bindings,
+	NFG_BINDINGS_MAX, BPF_F_NO_PREALLOC);
+NFG_MAP("lpm_trie", struct nfg_lpm_key, __u8, trusted, NFG_TRUSTED_MAX,
+	BPF_F_NO_PREALLOC);
+NFG_MAP("hash", __u16, __u8, ports, NFG_PORTS_MAX, 0);
+NFG_MAP("array", __u32, struct nfg_config, config, 1, 0);
+NFG_MAP("percpu_array", __u32, __u64, counters, NFG_R_COUNT, 0);
+
+BPF_PERCPU_ARRAY(scratch, struct nfg_scratch, 1);
+BPF_PERCPU_ARRAY(ratelimit, struct nfg_ratelimit, 1);
+BPF_RINGBUF_OUTPUT(events, 16);
+
+#endif

@@ -1,0 +1,517 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* nfguard: SIP request parsing over the per-CPU scratch buffer.
+ *
+ * The payload is copied into s->buf; every index into it is masked with
+ * NFG_SCAN_MASK, and NFG_SCAN_PAD bytes of slack make 8-byte loads at any
+ * masked index safe. Bytes at or past s->len are stale: each helper compares
+ * positions against s->len (or a header end) before trusting a byte.
+ *
+ * Speed comes from looking at 8 bytes per step: the line scanner skips words
+ * with no byte below 0x0e (CR, LF and HT are the only such bytes in headers);
+ * the parameter scanner skips words with no 'u' or 'r'. Only the few places
+ * those find are looked at byte by byte.
+ *
+ * The two scanning loops keep their state in the scratch map value, not in
+ * registers: reloaded after a compiler barrier, it reaches the verifier as
+ * unknown scalars, so each iteration converges to one state and the verifier
+ * prunes instead of exploring every path through every iteration.
+ */
+#ifndef NFGUARD_SIP_PARSE_H
+#define NFGUARD_SIP_PARSE_H
+
+#include "nfguard_structs.h"
+
+#define NFG_BARRIER() asm volatile("" ::: "memory")
+
+/* Little-endian 8-byte constant from characters, byte 0 first. */
+#define C8(a, b, c, d, e, f, g, h)                                         \
+	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 | \
+	 (__u64)(e) << 32 | (__u64)(f) << 40 | (__u64)(g) << 48 |            \
+	 (__u64)(h) << 56)
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+#define LOWS7 0x7f7f7f7f7f7f7f7fULL
+/* OR-ing this lower-cases ASCII letters; only valid when compared against
+ * letters, since it also maps other bytes (CR | 0x20 == '-'). */
+#define CASE8 0x2020202020202020ULL
+
+/* Token characters of RFC 3261 §25.1 as a bitmap: bytes 0-63 and 64-127. */
+#define TOKEN_LO 0x03ff6ca200000000ULL
+#define TOKEN_HI 0x47ffffff87fffffeULL
+
+/* An unaligned 8-byte load. Written in asm because clang lowers a u64
+ * load from a byte array to eight byte loads; the verifier and the JIT
+ * accept unaligned map value access. */
+static __always_inline __u64 load8(struct nfg_scratch *s, __u32 i)
+{
+	__u8 *p = &s->buf[i & NFG_SCAN_MASK];
+	__u64 w;
+
+	asm volatile("%0 = *(u64 *)(%1 + 0)" : "=r"(w) : "r"(p));
+	return w;
+}
+
+static __always_inline __u8 byte_at(struct nfg_scratch *s, __u32 i)
+{
+	return s->buf[i & NFG_SCAN_MASK];
+}
+
+/* 0x80 in every byte of w below n (n <= 128). Exact for the lowest flagged
+ * byte; higher ones may be flagged falsely, so only the lowest is used. */
+static __always_inline __u64 bytes_below(__u64 w, __u64 n)
+{
+	return (w - ONES * n) & ~w & HIGHS;
+}
+
+/* 0x80 in exactly the bytes of w that are zero. */
+static __always_inline __u64 zero_bytes(__u64 w)
+{
+	return ~(((w & LOWS7) + LOWS7) | w | LOWS7);
+}
+
+static __always_inline __u64 bytes_eq(__u64 w, __u8 c)
+{
+	return zero_bytes(w ^ (ONES * c));
+}
+
+/* Index (0-7) of the lowest byte flagged with 0x80 in m; m != 0. */
+static __always_inline __u32 lowest_flag(__u64 m)
+{
+	return (((m & -m) >> 7) * 0x0001020304050607ULL) >> 56;
+}
+
+/* All ones when a == b, else zero; a and b below 2^63. No branch. */
+static __always_inline __u64 eq_mask(__u64 a, __u64 b)
+{
+	return -(((a ^ b) - 1) >> 63);
+}
+
+static __always_inline __u32 is_token(__u8 c)
+{
+	__u64 map = (TOKEN_LO & eq_mask(c >> 6, 0)) |
+		    (TOKEN_HI & eq_mask(c >> 6, 1));
+
+	return (map >> (c & 63)) & 1;
+}
+
+static __always_inline int is_lws(__u8 c)
+{
+	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* Offset (0..NFG_LWS_MAX) of the first byte at or after `at` that is not
+ * SP, HT, CR or LF; NFG_LWS_MAX when the first NFG_LWS_MAX bytes all are. */
+static __always_inline __u32 skip_lws(struct nfg_scratch *s, __u32 at)
+{
+	__u64 w0 = load8(s, at), w1 = load8(s, at + 8);
+	__u64 l0 = bytes_eq(w0, ' ') | bytes_eq(w0, '\t') | bytes_eq(w0, '\r') |
+		   bytes_eq(w0, '\n');
+	__u64 l1 = bytes_eq(w1, ' ') | bytes_eq(w1, '\t') | bytes_eq(w1, '\r') |
+		   bytes_eq(w1, '\n');
+	__u64 n0 = ~l0 & HIGHS, n1 = ~l1 & HIGHS;
+
+	if (n0)
+		return lowest_flag(n0);
+	if (n1)
+		return 8 + lowest_flag(n1);
+	return NFG_LWS_MAX;
+}
+
+/* Offset (0..NFG_QUOTES_MAX) of the first byte that is not '"'. */
+static __always_inline __u32 skip_quotes(struct nfg_scratch *s, __u32 at)
+{
+	__u64 nq = ~bytes_eq(load8(s, at), '"') & HIGHS;
+
+	return nq ? lowest_flag(nq) : NFG_QUOTES_MAX;
+}
+
+static __always_inline void stop(struct nfg_scratch *s, __u32 reason)
+{
+	s->reason = reason;
+	s->done = 2;
+}
+
+/* Pass v through the scratch map: the compiler cannot specialise the code
+ * after it for each path that computed v, and the verifier sees one
+ * unknown scalar, so paths that differ only in v converge here. */
+static __always_inline __u32 launder(struct nfg_scratch *s, __u32 v)
+{
+	s->tmp = v;
+	NFG_BARRIER();
+	return s->tmp;
+}
+
+/* Request line: skip leading empty lines, then the method must be exactly a
+ * guarded method followed by SP or HT. Returns the offset of the method or
+ * -1 with s->reason set when the packet is decided here. */
+struct nfg_method {
+	__u64 word;  /* method name, little-endian, zero padded */
+	__u64 mask;  /* bytes of word that hold the name */
+	__u32 len;
+	__u32 bit;
+};
+
+static __always_inline int method_at(struct nfg_scratch *s, __u32 at,
+				     __u32 methods)
+{
+	__u64 w = load8(s, at), w2 = load8(s, at + 8);
+	/* Up to 9 name bytes + 1 separator: look at the first 10 bytes. */
+	const struct nfg_method table[] = {
+		{ C8('I', 'N', 'V', 'I', 'T', 'E', 0, 0), 0xffffffffffffULL, 6, NFG_M_INVITE },
+		{ C8('A', 'C', 'K', 0, 0, 0, 0, 0), 0xffffffULL, 3, NFG_M_ACK },
+		{ C8('B', 'Y', 'E', 0, 0, 0, 0, 0), 0xffffffULL, 3, NFG_M_BYE },
+		{ C8('C', 'A', 'N', 'C', 'E', 'L', 0, 0), 0xffffffffffffULL, 6, NFG_M_CANCEL },
+		{ C8('O', 'P', 'T', 'I', 'O', 'N', 'S', 0), 0xffffffffffffffULL, 7, NFG_M_OPTIONS },
+		{ C8('M', 'E', 'S', 'S', 'A', 'G', 'E', 0), 0xffffffffffffffULL, 7, NFG_M_MESSAGE },
+		{ C8('R', 'E', 'F', 'E', 'R', 0, 0, 0), 0xffffffffffULL, 5, NFG_M_REFER },
+		{ C8('N', 'O', 'T', 'I', 'F', 'Y', 0, 0), 0xffffffffffffULL, 6, NFG_M_NOTIFY },
+		{ C8('I', 'N', 'F', 'O', 0, 0, 0, 0), 0xffffffffULL, 4, NFG_M_INFO },
+		{ C8('U', 'P', 'D', 'A', 'T', 'E', 0, 0), 0xffffffffffffULL, 6, NFG_M_UPDATE },
+		{ C8('P', 'R', 'A', 'C', 'K', 0, 0, 0), 0xffffffffffULL, 5, NFG_M_PRACK },
+		{ C8('P', 'U', 'B', 'L', 'I', 'S', 'H', 0), 0xffffffffffffffULL, 7, NFG_M_PUBLISH },
+	};
+
+#pragma unroll
+	for (int i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
+		__u8 sep;
+
+		if (!(methods & (1u << table[i].bit)))
+			continue;
+		if ((w & table[i].mask) != table[i].word)
+			continue;
+		sep = (w >> (8 * table[i].len)) & 0xff;
+		if (sep == ' ' || sep == '\t')
+			return 1;
+	}
+	/* SUBSCRIBE: 9 bytes, the separator in the second word. */
+	if ((methods & (1u << NFG_M_SUBSCRIBE)) &&
+	    w == C8('S', 'U', 'B', 'S', 'C', 'R', 'I', 'B') &&
+	    ((w2 & 0xff) == 'E') &&
+	    (((w2 >> 8) & 0xff) == ' ' || ((w2 >> 8) & 0xff) == '\t'))
+		return 1;
+	return 0;
+}
+
+/* The longest guarded method plus its separator. */
+#define NFG_METHOD_SPAN 10
+
+/* Phase 1: find the header lines, from `first` (the request line) to the
+ * empty line that ends the header section. Folded lines (starting with SP
+ * or HT) continue the header before them. Only header lines that may be
+ * Authorization or Proxy-Authorization (first byte a, A, p or P) are
+ * remembered, with the terminator of their last line. Sets s->done to 1
+ * when the end was found, to 2 with s->reason otherwise. */
+static __always_inline void scan_lines(struct nfg_scratch *s, __u32 first)
+{
+	s->pos = first;
+	s->done = 0;
+	s->nlines = 0;
+	s->open = 0;
+
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < NFG_LINE_STEPS; i++) {
+		__u32 pos, n, t, nx, nl;
+		__u64 m0, m1, m2, m3;
+		__u8 c, d;
+
+		NFG_BARRIER();
+		pos = s->pos;
+		n = s->len;
+		if (pos >= n) {
+			stop(s, NFG_R_HEADERS_TRUNCATED);
+			return;
+		}
+		/* 32 bytes a step while no byte is below 0x0e. */
+		m0 = bytes_below(load8(s, pos), 0x0e);
+		m1 = bytes_below(load8(s, pos + 8), 0x0e);
+		m2 = bytes_below(load8(s, pos + 16), 0x0e);
+		m3 = bytes_below(load8(s, pos + 24), 0x0e);
+		if (!(m0 | m1 | m2 | m3)) {
+			s->pos = pos + 32;
+			continue;
+		}
+		if (m0)
+			t = pos + lowest_flag(m0);
+		else if (m1)
+			t = pos + 8 + lowest_flag(m1);
+		else if (m2)
+			t = pos + 16 + lowest_flag(m2);
+		else
+			t = pos + 24 + lowest_flag(m3);
+		t = launder(s, t);
+		if (t >= n) {
+			stop(s, NFG_R_HEADERS_TRUNCATED);
+			return;
+		}
+		c = byte_at(s, t);
+		if (c != '\r' && c != '\n') {
+			s->pos = t + 1; /* HT or another control byte */
+			continue;
+		}
+		/* A line ends with CRLF, LF or a bare CR. */
+		nx = launder(s, t + 1 + (c == '\r' && byte_at(s, t + 1) == '\n'));
+		if (nx >= n) {
+			stop(s, NFG_R_HEADERS_TRUNCATED);
+			return;
+		}
+		nl = s->nlines;
+		/* Until a later line turns out to be its fold, this line
+		 * ends the header. */
+		if (s->open)
+			s->hdr_end[(nl - 1) & (NFG_MAX_LINES - 1)] = t;
+		s->pos = nx;
+		d = byte_at(s, nx);
+		if (d == '\r' || d == '\n') {
+			s->done = 1; /* an empty line: the header section ends */
+			return;
+		}
+		if (d == ' ' || d == '\t')
+			continue; /* a fold: the header goes on */
+		d |= 0x20;
+		s->open = d == 'a' || d == 'p';
+		if (!s->open)
+			continue;
+		if (nl >= NFG_MAX_LINES) {
+			stop(s, NFG_R_SCAN_LIMIT);
+			return;
+		}
+		s->hdr_start[nl & (NFG_MAX_LINES - 1)] = nx;
+		s->nlines = nl + 1;
+	}
+	stop(s, NFG_R_SCAN_LIMIT);
+}
+
+/* Length of the credential header name (Authorization or
+ * Proxy-Authorization, any case) at `at`, or 0. */
+static __always_inline __u32 credential_name(struct nfg_scratch *s, __u32 at)
+{
+	__u64 w0 = load8(s, at), w1 = load8(s, at + 8) | CASE8;
+
+	if ((w0 | CASE8) == C8('a', 'u', 't', 'h', 'o', 'r', 'i', 'z') &&
+	    (w1 & 0xffffffffffULL) == C8('a', 't', 'i', 'o', 'n', 0, 0, 0))
+		return 13;
+	/* '-' is compared exactly: CR | 0x20 is '-' too. */
+	if ((w0 | 0x2020002020202020ULL) ==
+		    C8('p', 'r', 'o', 'x', 'y', '-', 'a', 'u') &&
+	    w1 == C8('t', 'h', 'o', 'r', 'i', 'z', 'a', 't') &&
+	    ((load8(s, at + 16) | CASE8) & 0xffffffULL) ==
+		    C8('i', 'o', 'n', 0, 0, 0, 0, 0))
+		return 19;
+	return 0;
+}
+
+/* Phase 2: which header lines are credential headers. The name must be
+ * followed by a non-token byte (Authorization-Info is another header), then
+ * LWS (folds included) and ':'. */
+static __always_inline void find_credentials(struct nfg_scratch *s)
+{
+	s->ncred = 0;
+	s->cur = 0;
+
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < NFG_MAX_LINES; i++) {
+		__u32 j, at, end, name_end, k, colon, nc;
+
+		NFG_BARRIER();
+		j = s->cur;
+		if (j >= s->nlines)
+			return;
+		s->cur = j + 1;
+		at = s->hdr_start[j & (NFG_MAX_LINES - 1)];
+		end = s->hdr_end[j & (NFG_MAX_LINES - 1)];
+		k = launder(s, credential_name(s, at));
+		if (!k)
+			continue;
+		name_end = at + k;
+		if (name_end < end && is_token(byte_at(s, name_end)))
+			continue; /* a longer name */
+		k = launder(s, skip_lws(s, name_end));
+		colon = name_end + k;
+		if (k >= NFG_LWS_MAX || colon >= end ||
+		    byte_at(s, colon) != ':') {
+			stop(s, NFG_R_CREDENTIAL_UNPARSABLE);
+			return;
+		}
+		nc = s->ncred;
+		if (nc >= NFG_MAX_CRED_HDRS) {
+			stop(s, NFG_R_TOO_MANY_CREDENTIALS);
+			return;
+		}
+		s->cred[nc & (NFG_MAX_CRED_HDRS - 1)].start = colon + 1;
+		s->cred[nc & (NFG_MAX_CRED_HDRS - 1)].end = end;
+		s->cred[nc & (NFG_MAX_CRED_HDRS - 1)].user_count = 0;
+		s->cred[nc & (NFG_MAX_CRED_HDRS - 1)].realm_count = 0;
+		s->ncred = nc + 1;
+	}
+}
+
+/* A word-start "username" or "realm" (any case) at p followed by LWS and
+ * '=' is a parameter: count it and remember its '='. Every parameter
+ * sofia-sip sees starts at such a place, so the count is never lower than
+ * sofia-sip's; more than one of a kind is ambiguous. */
+static __always_inline void param_candidate(struct nfg_scratch *s,
+					    struct nfg_cred *cr, __u32 p)
+{
+	__u64 lw = load8(s, p) | CASE8;
+	__u32 q, k, is_user;
+
+	if (is_token(byte_at(s, p - 1)))
+		return;
+	if (lw == C8('u', 's', 'e', 'r', 'n', 'a', 'm', 'e'))
+		is_user = 1;
+	else if ((lw & 0xffffffffffULL) == C8('r', 'e', 'a', 'l', 'm', 0, 0, 0))
+		is_user = 0;
+	else
+		return;
+	is_user = launder(s, is_user);
+	q = p + 5 + 3 * is_user;
+	if (q >= cr->end || is_token(byte_at(s, q)))
+		return;
+	k = launder(s, skip_lws(s, q));
+	if (k >= NFG_LWS_MAX) {
+		stop(s, NFG_R_CREDENTIAL_AMBIGUOUS);
+		return;
+	}
+	q += k;
+	if (q >= cr->end || byte_at(s, q) != '=')
+		return; /* the word inside some value, not a parameter */
+	if (is_user) {
+		cr->user_count++;
+		cr->user_eq = q;
+	} else {
+		cr->realm_count++;
+		cr->realm_eq = q;
+	}
+}
+
+/* Phase 3: count the username and realm parameters of every credential
+ * header. */
+static __always_inline void find_params(struct nfg_scratch *s)
+{
+	s->cur = 0;
+	s->pos = s->cred[0].start;
+
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < NFG_PARAM_STEPS; i++) {
+		struct nfg_cred *cr;
+		__u32 cur, pos, t;
+		__u64 w, m;
+
+		NFG_BARRIER();
+		cur = s->cur;
+		if (cur >= s->ncred)
+			return;
+		cr = &s->cred[cur & (NFG_MAX_CRED_HDRS - 1)];
+		pos = s->pos;
+		if (pos >= cr->end) {
+			s->cur = cur + 1;
+			s->pos = s->cred[(cur + 1) & (NFG_MAX_CRED_HDRS - 1)].start;
+			continue;
+		}
+		w = load8(s, pos) | CASE8;
+		m = bytes_eq(w, 'u') | bytes_eq(w, 'r');
+		if (!m) {
+			s->pos = pos + 8;
+			continue;
+		}
+		t = pos + lowest_flag(m);
+		s->pos = t + 1;
+		if (t < cr->end)
+			param_candidate(s, cr, t);
+		if (s->done == 2)
+			return;
+	}
+	stop(s, NFG_R_SCAN_LIMIT);
+}
+
+/* 0x80 in the bytes of w that end a value: '"' ',' CR LF, and SP HT for
+ * an unquoted value. */
+static __always_inline __u64 value_stops(__u64 w, int quoted)
+{
+	__u64 m = bytes_eq(w, '"') | bytes_eq(w, ',') | bytes_eq(w, '\r') |
+		  bytes_eq(w, '\n');
+
+	if (!quoted)
+		m |= bytes_eq(w, ' ') | bytes_eq(w, '\t');
+	return m;
+}
+
+/* Phase 4: read the value after the '=' at eq, the way FreeSWITCH does:
+ * skip every leading '"', stop at the next '"' (no unescaping); unquoted,
+ * stop at ',' or LWS. A comma or line break inside quotes, a '"' inside
+ * an unquoted value, or anything but ',' after the value is ambiguous. */
+static __always_inline void read_value(struct nfg_scratch *s,
+				       struct nfg_cred *cr, __u32 eq,
+				       __u32 max, __u32 *off, __u32 *len)
+{
+	__u32 v, k, quoted, t = 0, found = 0, after;
+	__u8 c;
+
+	v = eq + 1;
+	k = launder(s, skip_lws(s, v));
+	if (k >= NFG_LWS_MAX)
+		goto ambiguous;
+	v += k;
+	k = launder(s, skip_quotes(s, v));
+	if (k >= NFG_QUOTES_MAX)
+		goto ambiguous;
+	v += k;
+	quoted = k != 0;
+	if (v >= cr->end) {
+		stop(s, NFG_R_CREDENTIAL_UNPARSABLE);
+		return;
+	}
+
+#pragma unroll
+	for (int i = 0; i <= NFG_REALM_MAX / 8; i++) {
+		__u64 m = value_stops(load8(s, v + i * 8), quoted);
+
+		if (m) {
+			t = v + i * 8 + lowest_flag(m);
+			found = 1;
+			break;
+		}
+	}
+	/* Forget which word it was: one state for the verifier below. */
+	s->pos = t;
+	s->tmp = found;
+	NFG_BARRIER();
+	t = s->pos;
+	found = s->tmp;
+
+	if (!found || t > cr->end)
+		t = cr->end;
+	if (t - v > max) {
+		stop(s, NFG_R_CREDENTIAL_TOO_LONG);
+		return;
+	}
+	if (t == v) {
+		stop(s, NFG_R_CREDENTIAL_UNPARSABLE);
+		return;
+	}
+	c = t < cr->end ? byte_at(s, t) : '\n';
+	if (quoted) {
+		if (c != '"')
+			goto ambiguous; /* ',' or a line break inside quotes */
+		after = t + 1;
+	} else {
+		if (c == '"')
+			goto ambiguous;
+		after = t;
+	}
+	if (after < cr->end) {
+		k = launder(s, skip_lws(s, after));
+		if (k >= NFG_LWS_MAX)
+			goto ambiguous;
+		after += k;
+		if (after < cr->end && byte_at(s, after) != ',')
+			goto ambiguous;
+	}
+	*off = v;
+	*len = t - v;
+	return;
+ambiguous:
+	stop(s, NFG_R_CREDENTIAL_AMBIGUOUS);
+}
+
+#endif

@@ -1,0 +1,50 @@
+"""The `nfguard` command: one subcommand per module, errors as one line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import NfguardError
+
+# subcommand -> module with add_arguments(parser) and run(args) -> int
+SUBCOMMANDS = {
+    "replay": ("nfguard.replay", "run every packet of a pcap through the kernel program"),
+    "bench": ("nfguard.bench", "measure the XDP program with BPF_PROG_TEST_RUN"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nfguard",
+        description="Refuse SIP INVITEs whose credentials are used from an address "
+        "where that user@realm is not registered.",
+    )
+    parser.add_argument("--version", action="version", version=f"nfguard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (modname, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(modname).add_arguments(p)
+        p.set_defaults(_module=modname)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return importlib.import_module(args._module).run(args)
+    except NfguardError as e:
+        print(f"nfguard: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Numbers shared with the BPF program (bpf/nfguard_consts.h).
+
+tests/test_consts.py parses the C header and checks every value here.
+"""
+
+SCAN_MAX = 4096
+USER_MAX = 64
+REALM_MAX = 128
+MAX_CRED_HDRS = 4
+MAX_VLAN = 2
+MAX_EXT_HDRS = 6
+LEADING_MAX = 64
+LWS_MAX = 16
+QUOTES_MAX = 8
+MAX_LINES = 64
+LINE_STEPS = 640
+PARAM_STEPS = 384
+
+MODE_MONITOR = 0
+MODE_ENFORCE = 1
+ACTION_DROP = 0
+ACTION_REJECT = 1
+FRAG_VERDICT = 0
+FRAG_PASS = 1
+
+ACT_PASS = 0
+ACT_DROP = 1
+ACT_MARK = 2
+ACT_NAMES = {ACT_PASS: "pass", ACT_DROP: "drop", ACT_MARK: "mark"}
+
+META_MAGIC = 0x4E464721
+DEFAULT_REJECT_MARK = 0x4E460001
+
+# Guarded methods: name -> bit of the config methods mask. REGISTER has no
+# bit: it is how bindings are made and can never be guarded.
+METHOD_BITS = {
+    "INVITE": 0,
+    "ACK": 1,
+    "BYE": 2,
+    "CANCEL": 3,
+    "OPTIONS": 4,
+    "MESSAGE": 5,
+    "REFER": 6,
+    "SUBSCRIBE": 7,
+    "NOTIFY": 8,
+    "INFO": 9,
+    "UPDATE": 10,
+    "PRACK": 11,
+    "PUBLISH": 12,
+}
+
+# Reasons, in the order of enum nfg_reason. Those from FIRST_VERDICT on get
+# the verdict of the mode.
+REASONS = [
+    "not_ip",
+    "not_udp",
+    "port_not_guarded",
+    "later_fragment",
+    "trusted",
+    "method_not_guarded",
+    "no_credentials",
+    "bound",
+    "fragment_passed",
+    "not_bound",
+    "expired",
+    "credential_unparsable",
+    "credential_ambiguous",
+    "credential_too_long",
+    "too_many_credentials",
+    "headers_truncated",
+    "fragmented",
+    "ext_header_limit",
+    "scan_limit",
+    "too_many_empty_lines",
+]
+FIRST_VERDICT = REASONS.index("not_bound")
+REASON_IDS = {name: i for i, name in enumerate(REASONS)}
+
+
+def is_verdict(reason: str) -> bool:
+    return REASON_IDS[reason] >= FIRST_VERDICT
+
+
+def methods_mask(methods) -> int:
+    """Bitmask for method names; ValueError names an unknown or REGISTER."""
+    mask = 0
+    for m in methods:
+        if m == "REGISTER":
+            raise ValueError("REGISTER cannot be guarded: it is how bindings are made")
+        if m not in METHOD_BITS:
+            raise ValueError(f"unknown SIP method {m!r} (known: {', '.join(METHOD_BITS)})")
+        mask |= 1 << METHOD_BITS[m]
+    return mask

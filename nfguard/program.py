@@ -1,0 +1,370 @@
+"""Compile, load and drive the XDP classifier (bpf/nfguard.c) with bcc.
+
+One Program is one load of the C program: the XDP classifier, the TC
+ingress program that turns the reject metadata into skb->mark, and their
+maps. With a pin directory the state maps (bindings, trusted networks,
+ports, config, counters) are pinned there and reused by the next load, so
+enforcement and its state survive a controller restart; without one (tests,
+replay, bench) the maps are private to this load.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from . import consts
+from .errors import CompileError, NfguardError
+from .kernel import ensure_bpffs, require_headers
+from .testrun import prog_test_run
+
+DEFAULT_PIN_DIR = "/sys/fs/bpf/nfguard"
+NO_EXPIRY = (1 << 64) - 1
+XDP_DROP, XDP_PASS = 1, 2
+_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+
+
+def bpf_source_dir() -> str:
+    """Where the C sources are: $NFGUARD_BPF_DIR, the source tree, or the
+    Debian package's /usr/share/nfguard/bpf."""
+    candidates = [
+        os.environ.get("NFGUARD_BPF_DIR"),
+        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf"),
+        "/usr/share/nfguard/bpf",
+    ]
+    for c in candidates:
+        if c and os.path.isfile(os.path.join(c, "nfguard.c")):
+            return c
+    raise NfguardError(
+        "BPF sources (nfguard.c) not found: set NFGUARD_BPF_DIR or reinstall nfguard"
+    )
+
+
+def addr_bytes(ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    """16-byte map form of an address: IPv6, or IPv4 mapped into ::ffff:0:0/96."""
+    a = ipaddress.ip_address(ip)
+    if a.version == 4:
+        return _V4_MAPPED + a.packed
+    return a.packed
+
+
+def addr_str(raw: bytes) -> str:
+    raw = bytes(raw)
+    if raw[:12] == _V4_MAPPED:
+        return str(ipaddress.IPv4Address(raw[12:]))
+    return str(ipaddress.IPv6Address(raw))
+
+
+def boottime_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def _cstr(raw) -> str:
+    return bytes(raw).split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def check_credential(user: str, realm: str) -> tuple[bytes, bytes]:
+    """Lower-cased byte forms of a binding's credentials; ValueError when a
+    value is empty or over the limits the kernel program can store."""
+    u = user.encode("utf-8").lower()
+    r = realm.encode("utf-8").lower()
+    if not u or not r:
+        raise ValueError("username and realm must not be empty")
+    if len(u) > consts.USER_MAX:
+        raise ValueError(f"username {user!r} is longer than {consts.USER_MAX} bytes")
+    if len(r) > consts.REALM_MAX:
+        raise ValueError(f"realm {realm!r} is longer than {consts.REALM_MAX} bytes")
+    return u, r
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str  # pass, drop or mark (what happened to the packet)
+    reason: str  # a stable snake_case word from consts.REASONS
+    would: str  # what enforce mode does (equals action outside monitor)
+    user: str | None
+    realm: str | None
+    retval: int  # the XDP return code
+
+    @property
+    def is_verdict(self) -> bool:
+        return consts.is_verdict(self.reason)
+
+
+@dataclass(frozen=True)
+class Binding:
+    user: str
+    realm: str
+    ip: str
+    expires_ns: int
+
+
+@dataclass(frozen=True)
+class Event:
+    ts_ns: int
+    src: str
+    sport: int
+    dport: int
+    reason: str
+    action: str
+    would: str
+    user: str | None
+    realm: str | None
+
+
+class Program:
+    """One load of the nfguard BPF programs and their maps."""
+
+    def __init__(self, pin_dir: str | None = None, cflags: Iterable[str] = ()):
+        require_headers()
+        from bcc import BPF  # imported late: a clear error beats an ImportError at start
+
+        self._BPF = BPF
+        self.pin_dir = pin_dir
+        flags = ["-I" + bpf_source_dir(), "-Wno-unused-value"] + list(cflags)
+        if pin_dir:
+            ensure_bpffs(pin_dir)
+            flags.append(f'-DNFG_PIN_DIR="{pin_dir}"')
+        src = os.path.join(bpf_source_dir(), "nfguard.c")
+        try:
+            self.bpf = BPF(src_file=src.encode(), cflags=flags)
+        except Exception as e:  # bcc raises bare Exception
+            raise CompileError(
+                f"compiling {src} failed: {e}. Check that the kernel headers match "
+                "the running kernel (linux-headers-$(uname -r))"
+            ) from e
+        try:
+            self.xdp_fn = self.bpf.load_func(b"nfguard_xdp", BPF.XDP)
+            self.tc_fn = self.bpf.load_func(b"nfguard_tc", BPF.SCHED_CLS)
+        except Exception as e:
+            raise CompileError(f"the kernel refused the nfguard program: {e}") from e
+        self._bindings = self.bpf[b"bindings"]
+        self._trusted = self.bpf[b"trusted"]
+        self._ports = self.bpf[b"ports"]
+        self._config = self.bpf[b"config"]
+        self._counters = self.bpf[b"counters"]
+        self._scratch = self.bpf[b"scratch"]
+        self._ring_open = False
+        if self._config[ctypes.c_uint32(0)].methods == 0:
+            # Never configured (fresh maps): safe defaults, monitor mode
+            # until the controller says otherwise.
+            self.configure()
+            if not len(list(self._ports.keys())):
+                self.set_ports([5060])
+
+    # -- configuration -------------------------------------------------
+    def configure(
+        self,
+        mode: str = "monitor",
+        action: str = "drop",
+        methods: Iterable[str] = ("INVITE",),
+        fragments: str = "verdict",
+        reject_mark: int = consts.DEFAULT_REJECT_MARK,
+        events_per_sec: int = 100,
+    ) -> None:
+        modes = {"monitor": consts.MODE_MONITOR, "enforce": consts.MODE_ENFORCE}
+        actions = {"drop": consts.ACTION_DROP, "reject": consts.ACTION_REJECT}
+        frags = {"verdict": consts.FRAG_VERDICT, "pass": consts.FRAG_PASS}
+        if mode not in modes:
+            raise ValueError(f"mode must be one of {', '.join(modes)}, not {mode!r}")
+        if action not in actions:
+            raise ValueError(f"action must be one of {', '.join(actions)}, not {action!r}")
+        if fragments not in frags:
+            raise ValueError(f"fragments must be one of {', '.join(frags)}, not {fragments!r}")
+        mask = consts.methods_mask(methods)
+        if not mask:
+            raise ValueError("at least one method must be guarded")
+        if not 0 < reject_mark < 1 << 32:
+            raise ValueError("reject_mark must be a non-zero 32-bit value")
+        if not 0 <= events_per_sec < 1 << 32:
+            raise ValueError("events_per_sec must be a 32-bit value")
+        cfg = self._config.Leaf()
+        cfg.mode = modes[mode]
+        cfg.action = actions[action]
+        cfg.methods = mask
+        cfg.fragments = frags[fragments]
+        cfg.reject_mark = reject_mark
+        cfg.events_per_sec = events_per_sec
+        self._config[ctypes.c_uint32(0)] = cfg
+
+    def config(self) -> dict:
+        c = self._config[ctypes.c_uint32(0)]
+        return {
+            "mode": "enforce" if c.mode == consts.MODE_ENFORCE else "monitor",
+            "action": "reject" if c.action == consts.ACTION_REJECT else "drop",
+            "methods": [m for m, b in consts.METHOD_BITS.items() if c.methods >> b & 1],
+            "fragments": "pass" if c.fragments == consts.FRAG_PASS else "verdict",
+            "reject_mark": c.reject_mark,
+            "events_per_sec": c.events_per_sec,
+        }
+
+    def set_ports(self, ports: Iterable[int]) -> None:
+        wanted = set()
+        for p in ports:
+            if not isinstance(p, int) or not 0 < p < 65536:
+                raise ValueError(f"port {p!r} is not a UDP port number")
+            wanted.add(p)
+        if not wanted:
+            raise ValueError("at least one port must be guarded")
+        for k in list(self._ports.keys()):
+            if k.value not in wanted:
+                del self._ports[k]
+        for p in wanted:
+            self._ports[self._ports.Key(p)] = self._ports.Leaf(1)
+
+    def ports(self) -> list[int]:
+        return sorted(k.value for k in self._ports.keys())
+
+    # -- trusted networks ----------------------------------------------
+    def _lpm_key(self, cidr: str):
+        net = ipaddress.ip_network(cidr, strict=False)
+        key = self._trusted.Key()
+        key.prefixlen = net.prefixlen + (96 if net.version == 4 else 0)
+        key.addr[:] = list(addr_bytes(net.network_address))
+        return key
+
+    def add_trusted(self, cidr: str) -> None:
+        self._trusted[self._lpm_key(cidr)] = self._trusted.Leaf(1)
+
+    def remove_trusted(self, cidr: str) -> None:
+        try:
+            del self._trusted[self._lpm_key(cidr)]
+        except KeyError:
+            pass
+
+    def trusted(self) -> list[str]:
+        out = []
+        for k in self._trusted.keys():
+            raw = bytes(k.addr)
+            if raw[:12] == _V4_MAPPED and k.prefixlen >= 96:
+                out.append(f"{addr_str(raw)}/{k.prefixlen - 96}")
+            else:
+                out.append(f"{ipaddress.IPv6Address(raw)}/{k.prefixlen}")
+        return sorted(out)
+
+    # -- bindings ------------------------------------------------------
+    def _binding_key(self, user: str, realm: str, ip: str):
+        u, r = check_credential(user, realm)
+        key = self._bindings.Key()
+        key.user = u
+        key.realm = r
+        key.addr[:] = list(addr_bytes(ip))
+        return key
+
+    def add_binding(
+        self,
+        user: str,
+        realm: str,
+        ip: str,
+        expires_in: float | None = None,
+        expires_ns: int | None = None,
+    ) -> None:
+        """Bind user@realm to ip until expires_ns (CLOCK_BOOTTIME), or for
+        expires_in seconds from now, or without expiry."""
+        key = self._binding_key(user, realm, ip)
+        if expires_ns is None:
+            expires_ns = (
+                NO_EXPIRY if expires_in is None else boottime_ns() + int(expires_in * 1e9)
+            )
+        self._bindings[key] = self._bindings.Leaf(max(0, min(expires_ns, NO_EXPIRY)))
+
+    def remove_binding(self, user: str, realm: str, ip: str) -> bool:
+        try:
+            del self._bindings[self._binding_key(user, realm, ip)]
+            return True
+        except KeyError:
+            return False
+
+    def bindings(self) -> list[Binding]:
+        return [
+            Binding(_cstr(k.user), _cstr(k.realm), addr_str(k.addr), v.expires_ns)
+            for k, v in self._bindings.items()
+        ]
+
+    def clear_bindings(self) -> None:
+        self._bindings.clear()
+
+    # -- counters and events ---------------------------------------------
+    def counters(self) -> dict[str, int]:
+        out = {}
+        for i, name in enumerate(consts.REASONS):
+            out[name] = sum(self._counters.getvalue(self._counters.Key(i)))
+        return out
+
+    def reset_counters(self) -> None:
+        for i in range(len(consts.REASONS)):
+            self._counters[self._counters.Key(i)] = self._counters.Leaf(
+                *([0] * self._counters.total_cpu)
+            )
+
+    def open_events(self, callback: Callable[[Event], None]) -> None:
+        """Deliver verdict events to callback from poll_events()."""
+
+        def on_event(_ctx, data, _size):
+            callback(self._decode_event(data))
+
+        self.bpf[b"events"].open_ring_buffer(on_event)
+        self._ring_open = True
+
+    def poll_events(self, timeout_ms: int = 0) -> None:
+        if not self._ring_open:
+            raise NfguardError("open_events() first")
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    def _decode_event(self, data) -> Event:
+        ev = self.bpf[b"events"].event(data)
+        user = _cstr(ev.user) or None
+        realm = _cstr(ev.realm) or None
+        return Event(
+            ts_ns=ev.ts_ns,
+            src=addr_str(ev.addr),
+            sport=ev.sport,
+            dport=ev.dport,
+            reason=consts.REASONS[ev.reason],
+            action=consts.ACT_NAMES[ev.action],
+            would=consts.ACT_NAMES[ev.would],
+            user=user,
+            realm=realm,
+        )
+
+    # -- BPF_PROG_TEST_RUN -----------------------------------------------
+    def _seqs(self) -> list[int]:
+        return [v.last_seq for v in self._scratch.getvalue(self._scratch.Key(0))]
+
+    def test_run(self, frame: bytes) -> Verdict:
+        """Run one frame through the loaded XDP program in the kernel."""
+        before = self._seqs()
+        retval, _, _ = prog_test_run(self.xdp_fn.fd, frame)
+        slots = self._scratch.getvalue(self._scratch.Key(0))
+        changed = [s for s, b in zip(slots, before) if s.last_seq != b]
+        if len(changed) != 1:
+            raise NfguardError("could not tell which CPU ran the test")
+        s = changed[0]
+        has_key = bool(s.last_has_key)
+        return Verdict(
+            action=consts.ACT_NAMES[s.last_action],
+            reason=consts.REASONS[s.last_reason],
+            would=consts.ACT_NAMES[s.last_would],
+            user=_cstr(s.key.user) if has_key else None,
+            realm=_cstr(s.key.realm) if has_key else None,
+            retval=retval,
+        )
+
+    def time_run(self, frame: bytes, repeat: int) -> int:
+        """Average ns per run of the XDP program on frame over repeat runs."""
+        _, duration, _ = prog_test_run(self.xdp_fn.fd, frame, repeat=repeat)
+        return duration
+
+    def close(self) -> None:
+        """Release this load. Attached programs and pinned maps stay."""
+        self.bpf.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,67 @@
+"""BPF_PROG_TEST_RUN through the system libbpf (bcc 0.26 has no wrapper)."""
+
+import ctypes
+import ctypes.util
+import os
+
+from .errors import NfguardError
+
+
+class _TestRunOpts(ctypes.Structure):
+    # struct bpf_test_run_opts of libbpf 1.x (bpf.h)
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+_libbpf = None
+
+
+def _lib():
+    global _libbpf
+    if _libbpf is None:
+        name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError as e:
+            raise NfguardError(f"libbpf not found ({e}): install libbpf1") from e
+        lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
+        lib.bpf_prog_test_run_opts.restype = ctypes.c_int
+        _libbpf = lib
+    return _libbpf
+
+
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> tuple[int, int, bytes]:
+    """Run the program on data; returns (retval, ns per run, data out)."""
+    if len(data) < 14:
+        raise ValueError("a frame is at least 14 bytes (an Ethernet header)")
+    buf_in = ctypes.create_string_buffer(bytes(data), len(data))
+    out_size = len(data) + 256
+    buf_out = ctypes.create_string_buffer(out_size)
+    opts = _TestRunOpts(
+        sz=ctypes.sizeof(_TestRunOpts),
+        data_in=ctypes.cast(buf_in, ctypes.c_void_p),
+        data_out=ctypes.cast(buf_out, ctypes.c_void_p),
+        data_size_in=len(data),
+        data_size_out=out_size,
+        repeat=repeat,
+    )
+    rc = _lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))
+    if rc != 0:
+        err = -rc if rc < 0 else ctypes.get_errno()
+        raise NfguardError(f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
+    return opts.retval, opts.duration, buf_out.raw[: opts.data_size_out]
