@@ -13,6 +13,8 @@ from .errors import NfguardError
 SUBCOMMANDS = {
     "replay": ("nfguard.replay", "run every packet of a pcap through the kernel program"),
     "bench": ("nfguard.bench", "measure the XDP program with BPF_PROG_TEST_RUN"),
+    "attach": ("nfguard.cmd_attach", "load the classifier and attach it to an interface"),
+    "detach": ("nfguard.cmd_detach", "detach nfguard's XDP and TC programs from an interface"),
 }
 
 

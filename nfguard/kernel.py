@@ -11,12 +11,13 @@ BPFFS = "/sys/fs/bpf"
 def headers_dir(release: str | None = None) -> str | None:
     """The kernel build tree bcc compiles against, or None."""
     release = release or platform.release()
-    build = f"/lib/modules/{release}/build"
+    modules = os.environ.get("NFGUARD_MODULES_DIR", "/lib/modules")  # tests point it elsewhere
+    build = f"{modules}/{release}/build"
     if os.path.isfile(os.path.join(build, "Makefile")) or os.path.isdir(
         os.path.join(build, "include")
     ):
         return build
-    if os.path.exists("/sys/kernel/kheaders.tar.xz"):
+    if modules == "/lib/modules" and os.path.exists("/sys/kernel/kheaders.tar.xz"):
         return "/sys/kernel/kheaders.tar.xz"
     return None
 
