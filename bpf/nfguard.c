@@ -26,10 +26,18 @@ static __always_inline __u64 lower8(__u64 w)
 	return w | (((ge_a ^ gt_z) & ~w & HIGHS) >> 2);
 }
 
+/* One round of the credential hash; nfguard/program.py has its twin. */
+static __always_inline __u64 cred_hash_step(__u64 h, __u64 w)
+{
+	h = (h ^ w) * 0x9e3779b97f4a7c15ULL;
+	return h ^ (h >> 29);
+}
+
 /* Copy len bytes from the buffer at off, lower-cased and zero padded, into
- * `words` 8-byte words at dst. */
+ * `words` 8-byte words at dst, hashing them into *h. */
 static __always_inline void copy_lower(struct nfg_scratch *s, __u64 *dst,
-				       __u32 off, __u32 len, const int words)
+				       __u32 off, __u32 len, const int words,
+				       __u64 *h)
 {
 #pragma unroll
 	for (int i = 0; i < words; i++) {
@@ -41,25 +49,37 @@ static __always_inline void copy_lower(struct nfg_scratch *s, __u64 *dst,
 				w &= (1ULL << ((len - i * 8) * 8)) - 1;
 		}
 		dst[i] = w;
+		*h = cred_hash_step(*h, w);
 	}
 }
 
 /* Is the credential of header c bound to the source address? */
 static __always_inline __u32 lookup_cred(struct nfg_scratch *s,
+					 struct nfg_config *cfg,
 					 struct nfg_cred *cr, __u8 *saddr)
 {
 	struct nfg_binding_val *val;
+	__u64 h = cfg->cred_seed, diff = 0;
+	__u64 *a, *b;
 
 	copy_lower(s, (__u64 *)s->key.user, cr->user_off, cr->user_len,
-		   NFG_USER_MAX / 8);
+		   NFG_USER_MAX / 8, &h);
 	copy_lower(s, (__u64 *)s->key.realm, cr->realm_off, cr->realm_len,
-		   NFG_REALM_MAX / 8);
-	__builtin_memcpy(s->key.addr, saddr, 16);
+		   NFG_REALM_MAX / 8, &h);
+	s->bkey.cred_hash = h;
+	__builtin_memcpy(s->bkey.addr, saddr, 16);
 	s->last_has_key = 1;
 
-	val = bindings.lookup(&s->key);
+	val = bindings.lookup(&s->bkey);
 	if (!val)
 		return NFG_R_NOT_BOUND;
+	a = (__u64 *)&val->cred;
+	b = (__u64 *)&s->key;
+#pragma unroll
+	for (int i = 0; i < sizeof(struct nfg_cred_id) / 8; i++)
+		diff |= a[i] ^ b[i];
+	if (diff)
+		return NFG_R_NOT_BOUND; /* another credential with the same hash */
 	if (val->expires_ns <= bpf_ktime_get_boot_ns())
 		return NFG_R_EXPIRED;
 	return NFG_R_BOUND;
@@ -67,23 +87,23 @@ static __always_inline __u32 lookup_cred(struct nfg_scratch *s,
 
 /* The header section did not end inside the inspected bytes. */
 static __always_inline __u32 unfinished(struct nfg_scratch *s,
-					struct nfg_config *cfg,
-					struct l4_info *l4)
+					struct nfg_config *cfg)
 {
-	if (l4->first_fragment)
+	if (s->l4.first_fragment)
 		return cfg->fragments == NFG_FRAG_PASS ? NFG_R_FRAGMENT_PASSED
 						       : NFG_R_FRAGMENTED;
 	return NFG_R_HEADERS_TRUNCATED;
 }
 
-/* Rules 2-5 of DESIGN.md §2 on the UDP payload. */
-static __always_inline __u32 classify_sip(struct xdp_md *ctx,
-					  struct nfg_scratch *s,
-					  struct nfg_config *cfg,
-					  struct l4_info *l4)
+/* Stage 0: copy the payload and check the request line. Returns a reason,
+ * or NFG_R_CONTINUE when the header lines must be scanned. */
+static __always_inline __u32 classify_start(struct xdp_md *ctx,
+					    struct nfg_scratch *s,
+					    struct nfg_config *cfg)
 {
+	struct l4_info *l4 = &s->l4;
 	__u32 frame_len = bpf_xdp_get_buff_len(ctx);
-	__u32 avail, n, first, reason;
+	__u32 avail, n, first;
 	__u64 nl;
 
 	avail = frame_len > l4->udp_off ? frame_len - l4->udp_off : 0;
@@ -118,47 +138,45 @@ static __always_inline __u32 classify_sip(struct xdp_md *ctx,
 			break;
 		}
 	}
-	/* Forget which iteration broke out, so the verifier does not walk
-	 * the rest of the program once per exit. */
-	s->pos = first;
-	NFG_BARRIER();
-	first = s->pos;
+	first = launder(s, first);
 
 	if (first >= n)
-		return s->more ? unfinished(s, cfg, l4)
-			       : NFG_R_METHOD_NOT_GUARDED;
+		return s->more ? unfinished(s, cfg) : NFG_R_METHOD_NOT_GUARDED;
 	if (first >= NFG_LEADING_MAX)
 		return NFG_R_TOO_MANY_EMPTY_LINES;
 	if (!method_at(s, first, cfg->methods)) {
 		if (s->more && n - first < NFG_METHOD_SPAN)
-			return unfinished(s, cfg, l4);
+			return unfinished(s, cfg);
 		return NFG_R_METHOD_NOT_GUARDED;
 	}
+	scan_lines_init(s, first);
+	return NFG_R_CONTINUE;
+}
 
-	scan_lines(s, first);
+/* Stage 1 (after the line scan): find the credential headers. */
+static __always_inline __u32 after_lines(struct nfg_scratch *s,
+					 struct nfg_config *cfg)
+{
 	if (s->done == 2)
-		return s->reason == NFG_R_HEADERS_TRUNCATED
-			       ? unfinished(s, cfg, l4)
-			       : s->reason;
-#ifdef PROF0
-	return NFG_R_BOUND;
-#endif
+		return s->reason == NFG_R_HEADERS_TRUNCATED ? unfinished(s, cfg)
+							    : s->reason;
 	find_credentials(s);
 	if (s->done == 2)
 		return s->reason;
 	if (s->ncred == 0)
 		return NFG_R_NO_CREDENTIALS;
-#ifdef PROF1
-	return NFG_R_BOUND;
-#endif
-	find_params(s);
+	find_params_init(s);
+	return NFG_R_CONTINUE;
+}
+
+/* Stage 2 (after the parameter scan): read the values, look them up. */
+static __always_inline __u32 after_params(struct nfg_scratch *s,
+					  struct nfg_config *cfg)
+{
+	__u32 reason = NFG_R_BOUND;
+
 	if (s->done == 2)
 		return s->reason;
-#ifdef PROF2
-	return NFG_R_BOUND;
-#endif
-
-	reason = NFG_R_BOUND;
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < NFG_MAX_CRED_HDRS; i++) {
 		struct nfg_cred *cr;
@@ -181,10 +199,7 @@ static __always_inline __u32 classify_sip(struct xdp_md *ctx,
 			   &cr->realm_len);
 		if (s->done == 2)
 			return s->reason;
-#ifdef PROF3
-		continue;
-#endif
-		reason = lookup_cred(s, cr, l4->saddr);
+		reason = lookup_cred(s, cfg, cr, s->l4.saddr);
 		if (reason != NFG_R_BOUND)
 			return reason;
 	}
@@ -215,8 +230,7 @@ static __always_inline int event_allowed(struct nfg_config *cfg)
 }
 
 static __always_inline void emit_event(struct nfg_scratch *s,
-				       struct nfg_config *cfg,
-				       struct l4_info *l4, __u32 reason,
+				       struct nfg_config *cfg, __u32 reason,
 				       __u32 action, __u32 would)
 {
 	struct nfg_event *ev;
@@ -227,12 +241,12 @@ static __always_inline void emit_event(struct nfg_scratch *s,
 	if (!ev)
 		return;
 	ev->ts_ns = bpf_ktime_get_boot_ns();
-	__builtin_memcpy(ev->addr, l4->saddr, 16);
+	__builtin_memcpy(ev->addr, s->l4.saddr, 16);
 	ev->reason = reason;
 	ev->action = action;
 	ev->would = would;
-	ev->sport = l4->sport;
-	ev->dport = l4->dport;
+	ev->sport = s->l4.sport;
+	ev->dport = s->l4.dport;
 	if (s->last_has_key) {
 		__builtin_memcpy(ev->user, s->key.user, NFG_USER_MAX);
 		__builtin_memcpy(ev->realm, s->key.realm, NFG_REALM_MAX);
@@ -260,55 +274,13 @@ static __always_inline int set_reject_meta(struct xdp_md *ctx)
 	return 0;
 }
 
-int nfguard_xdp(struct xdp_md *ctx)
+/* Count the reason, apply the mode, send the event. */
+static __always_inline int finish(struct xdp_md *ctx, struct nfg_scratch *s,
+				  struct nfg_config *cfg, __u32 reason)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct hdr_cursor nh = { .pos = data };
-	struct l4_info l4 = {};
-	struct nfg_lpm_key lpm = { .prefixlen = 128 };
-	struct nfg_config *cfg;
-	struct nfg_scratch *s;
-	__u32 zero = 0, reason, action, would;
+	__u32 action, would;
 	__u64 *count;
-	__be16 proto;
-	int r;
 
-	cfg = config.lookup(&zero);
-	s = scratch.lookup(&zero);
-	if (!cfg || !s)
-		return XDP_PASS;
-	s->last_has_key = 0;
-	s->last_seq++;
-
-	if (parse_ethhdr(&nh, data_end, &proto) < 0) {
-		reason = NFG_R_NOT_IP;
-		goto out;
-	}
-	if (proto == bpf_htons(ETH_P_IP)) {
-		r = parse_ipv4(&nh, data_end, &l4, &reason);
-	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		r = parse_ipv6(&nh, data_end, &l4, &reason);
-	} else {
-		reason = NFG_R_NOT_IP;
-		goto out;
-	}
-	if (r != L4_UDP)
-		goto out;
-	if (parse_udp(&nh, data, data_end, &l4, &reason) != L4_UDP)
-		goto out;
-	if (!ports.lookup(&l4.dport)) {
-		reason = NFG_R_PORT_NOT_GUARDED;
-		goto out;
-	}
-	__builtin_memcpy(lpm.addr, l4.saddr, 16);
-	if (trusted.lookup(&lpm)) {
-		reason = NFG_R_TRUSTED;
-		goto out;
-	}
-	reason = classify_sip(ctx, s, cfg, &l4);
-
-out:
 	count = counters.lookup(&reason);
 	if (count)
 		(*count)++;
@@ -324,8 +296,118 @@ out:
 		action = NFG_ACT_DROP; /* no metadata room: fail closed */
 	s->last_action = action;
 	s->last_would = would;
-	emit_event(s, cfg, &l4, reason, action, would);
+	emit_event(s, cfg, reason, action, would);
 	return action == NFG_ACT_DROP ? XDP_DROP : XDP_PASS;
+}
+
+/* The config and per-CPU state every stage starts from. */
+static __always_inline int stage_state(struct nfg_config **cfg,
+				       struct nfg_scratch **s)
+{
+	__u32 zero = 0;
+
+	*cfg = config.lookup(&zero);
+	*s = scratch.lookup(&zero);
+	return *cfg && *s;
+}
+
+/* Stage 0, the program attached to the interface: L2-L4, ports, trusted
+ * networks, request line. */
+int nfguard_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct hdr_cursor nh = { .pos = data };
+	struct nfg_lpm_key lpm = { .prefixlen = 128 };
+	struct nfg_config *cfg;
+	struct nfg_scratch *s;
+	struct l4_info *l4;
+	__u32 reason, port_word;
+	__u64 *port_bits;
+	__be16 proto;
+	int r;
+
+	if (!stage_state(&cfg, &s))
+		return XDP_PASS;
+	l4 = &s->l4;
+	s->last_has_key = 0;
+	s->last_seq++;
+	l4->first_fragment = 0;
+
+	if (parse_ethhdr(&nh, data_end, &proto) < 0) {
+		reason = NFG_R_NOT_IP;
+		goto out;
+	}
+	if (proto == bpf_htons(ETH_P_IP)) {
+		r = parse_ipv4(&nh, data_end, l4, &reason);
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		r = parse_ipv6(&nh, data_end, l4, &reason);
+	} else {
+		reason = NFG_R_NOT_IP;
+		goto out;
+	}
+	if (r != L4_UDP)
+		goto out;
+	if (parse_udp(&nh, data, data_end, l4, &reason) != L4_UDP)
+		goto out;
+	port_word = l4->dport / 64;
+	port_bits = ports.lookup(&port_word);
+	if (!port_bits || !((*port_bits >> (l4->dport % 64)) & 1)) {
+		reason = NFG_R_PORT_NOT_GUARDED;
+		goto out;
+	}
+	__builtin_memcpy(lpm.addr, l4->saddr, 16);
+	if (trusted.lookup(&lpm)) {
+		reason = NFG_R_TRUSTED;
+		goto out;
+	}
+	reason = classify_start(ctx, s, cfg);
+	if (reason == NFG_R_CONTINUE) {
+		stages.call(ctx, NFG_STAGE_SCAN);
+		reason = NFG_R_TAIL_CALL_FAILED;
+	}
+out:
+	return finish(ctx, s, cfg, reason);
+}
+
+/* Stage 1: the line scanner, NFG_STEPS_PER_CALL steps a call, then the
+ * credential headers. */
+int nfguard_scan(struct xdp_md *ctx)
+{
+	struct nfg_config *cfg;
+	struct nfg_scratch *s;
+	__u32 reason;
+
+	if (!stage_state(&cfg, &s))
+		return XDP_PASS;
+	scan_lines_run(s);
+	if (s->done == 0) {
+		stages.call(ctx, NFG_STAGE_SCAN);
+		return finish(ctx, s, cfg, NFG_R_TAIL_CALL_FAILED);
+	}
+	reason = after_lines(s, cfg);
+	if (reason == NFG_R_CONTINUE) {
+		stages.call(ctx, NFG_STAGE_PARAMS);
+		reason = NFG_R_TAIL_CALL_FAILED;
+	}
+	return finish(ctx, s, cfg, reason);
+}
+
+/* Stage 2: the parameter scanner, NFG_STEPS_PER_CALL steps a call, then
+ * values and bindings. */
+int nfguard_params(struct xdp_md *ctx)
+{
+	struct nfg_config *cfg;
+	struct nfg_scratch *s;
+
+	if (!stage_state(&cfg, &s))
+		return XDP_PASS;
+	find_params_run(s);
+	if (s->done == 0) {
+		stages.call(ctx, NFG_STAGE_PARAMS);
+		return finish(ctx, s, cfg, NFG_R_TAIL_CALL_FAILED);
+	}
+	return finish(ctx, s, cfg, after_params(s, cfg));
 }
 
 int nfguard_tc(struct __sk_buff *skb)

@@ -34,6 +34,17 @@
 #ifndef NFG_PARAM_STEPS
 #define NFG_PARAM_STEPS 384
 #endif
+/* Scanner steps one program runs before it tail-calls itself to go on:
+ * small enough that each program verifies quickly. */
+#define NFG_STEPS_PER_CALL 64
+/* Tail-call slots of the stages prog array. */
+#define NFG_STAGE_SCAN 0
+#define NFG_STAGE_PARAMS 1
+#define NFG_STAGES 2
+#if NFG_LINE_STEPS % NFG_STEPS_PER_CALL || NFG_PARAM_STEPS % NFG_STEPS_PER_CALL
+#error "step limits must be multiples of NFG_STEPS_PER_CALL"
+#endif
+
 /* Leading CR/LF bytes skipped before the request line. */
 #define NFG_LEADING_MAX 64
 /* Whitespace (SP, HT, CR, LF) skipped around ':' '=' ',' inside headers. */
@@ -104,7 +115,10 @@ enum nfg_reason {
 	NFG_R_EXT_HEADER_LIMIT,
 	NFG_R_SCAN_LIMIT,
 	NFG_R_TOO_MANY_EMPTY_LINES,
+	NFG_R_TAIL_CALL_FAILED,
 	NFG_R_COUNT,
+	/* Not a reason: classification goes on in the next stage. */
+	NFG_R_CONTINUE = 255,
 };
 
 #endif

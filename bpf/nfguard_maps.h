@@ -12,7 +12,6 @@
 #define NFG_BINDINGS_MAX 131072
 #endif
 #define NFG_TRUSTED_MAX 4096
-#define NFG_PORTS_MAX 64
 
 #ifdef NFG_PIN_DIR
 #define NFG_MAP(type, k, v, name, n, flags) \
@@ -25,12 +24,17 @@ NFG_MAP("hash", struct nfg_binding_key, struct nfg_binding_val, bindings,
 	NFG_BINDINGS_MAX, BPF_F_NO_PREALLOC);
 NFG_MAP("lpm_trie", struct nfg_lpm_key, __u8, trusted, NFG_TRUSTED_MAX,
 	BPF_F_NO_PREALLOC);
-NFG_MAP("hash", __u16, __u8, ports, NFG_PORTS_MAX, 0);
+/* Guarded UDP ports as a bitmap: word port / 64, bit port % 64. An array
+ * lookup is inlined by the verifier, far cheaper than a hash lookup on the
+ * path every non-SIP packet takes. */
+NFG_MAP("array", __u32, __u64, ports, 65536 / 64, 0);
 NFG_MAP("array", __u32, struct nfg_config, config, 1, 0);
 NFG_MAP("percpu_array", __u32, __u64, counters, NFG_R_COUNT, 0);
 
 BPF_PERCPU_ARRAY(scratch, struct nfg_scratch, 1);
 BPF_PERCPU_ARRAY(ratelimit, struct nfg_ratelimit, 1);
 BPF_RINGBUF_OUTPUT(events, 16);
+/* The later stages, reached by tail calls (see nfguard.c). */
+BPF_PROG_ARRAY(stages, NFG_STAGES);
 
 #endif

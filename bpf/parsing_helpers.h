@@ -11,7 +11,7 @@
 #include <uapi/linux/udp.h>
 #include <uapi/linux/in.h>
 
-#include "nfguard_consts.h"
+#include "nfguard_structs.h"
 
 struct hdr_cursor {
 	void *pos;
@@ -20,16 +20,6 @@ struct hdr_cursor {
 struct vlan_hdr {
 	__be16 tci;
 	__be16 encap_proto;
-};
-
-/* What L3/L4 parsing learned about the datagram. */
-struct l4_info {
-	__u8 saddr[16];   /* IPv6, or IPv4 mapped into ::ffff:0:0/96 */
-	__u32 udp_off;    /* offset of the UDP header from the frame start */
-	__u32 payload_len; /* UDP payload length claimed by the UDP header */
-	__u16 sport;
-	__u16 dport;
-	__u8 first_fragment; /* more fragments follow this one */
 };
 
 /* Outcome of L2-L4 parsing. */

@@ -201,15 +201,29 @@ static __always_inline int method_at(struct nfg_scratch *s, __u32 at,
  * Authorization or Proxy-Authorization (first byte a, A, p or P) are
  * remembered, with the terminator of their last line. Sets s->done to 1
  * when the end was found, to 2 with s->reason otherwise. */
-static __always_inline void scan_lines(struct nfg_scratch *s, __u32 first)
+static __always_inline void scan_lines_init(struct nfg_scratch *s, __u32 first)
 {
 	s->pos = first;
 	s->done = 0;
 	s->nlines = 0;
 	s->open = 0;
+	s->steps = 0;
+}
 
+/* Run up to NFG_STEPS_PER_CALL steps; s->done stays 0 when more are due
+ * (the caller tail-calls to go on, which keeps each program's verification
+ * small). */
+static __always_inline void scan_lines_run(struct nfg_scratch *s)
+{
+	/* Steps are counted a call at a time: NFG_LINE_STEPS is a multiple of
+	 * NFG_STEPS_PER_CALL, so this allows exactly NFG_LINE_STEPS. */
+	if (s->steps >= NFG_LINE_STEPS) {
+		stop(s, NFG_R_SCAN_LIMIT);
+		return;
+	}
+	s->steps += NFG_STEPS_PER_CALL;
 #pragma clang loop unroll(disable)
-	for (int i = 0; i < NFG_LINE_STEPS; i++) {
+	for (int i = 0; i < NFG_STEPS_PER_CALL; i++) {
 		__u32 pos, n, t, nx, nl;
 		__u64 m0, m1, m2, m3;
 		__u8 c, d;
@@ -278,7 +292,6 @@ static __always_inline void scan_lines(struct nfg_scratch *s, __u32 first)
 		s->hdr_start[nl & (NFG_MAX_LINES - 1)] = nx;
 		s->nlines = nl + 1;
 	}
-	stop(s, NFG_R_SCAN_LIMIT);
 }
 
 /* Length of the credential header name (Authorization or
@@ -354,27 +367,36 @@ static __always_inline void param_candidate(struct nfg_scratch *s,
 {
 	__u64 lw = load8(s, p) | CASE8;
 	__u32 q, k, is_user;
+	__u8 c;
 
-	if (is_token(byte_at(s, p - 1)))
-		return;
+	/* Cheapest test first: most 'u' and 'r' start no such name. */
 	if (lw == C8('u', 's', 'e', 'r', 'n', 'a', 'm', 'e'))
 		is_user = 1;
 	else if ((lw & 0xffffffffffULL) == C8('r', 'e', 'a', 'l', 'm', 0, 0, 0))
 		is_user = 0;
 	else
 		return;
+	if (is_token(byte_at(s, p - 1)))
+		return;
 	is_user = launder(s, is_user);
 	q = p + 5 + 3 * is_user;
-	if (q >= cr->end || is_token(byte_at(s, q)))
+	if (q >= cr->end)
 		return;
-	k = launder(s, skip_lws(s, q));
-	if (k >= NFG_LWS_MAX) {
-		stop(s, NFG_R_CREDENTIAL_AMBIGUOUS);
-		return;
+	c = byte_at(s, q);
+	if (c != '=') {
+		/* A token byte makes a longer name; any other byte but LWS
+		 * means no '=' follows. */
+		if (!is_lws(c))
+			return;
+		k = launder(s, skip_lws(s, q));
+		if (k >= NFG_LWS_MAX) {
+			stop(s, NFG_R_CREDENTIAL_AMBIGUOUS);
+			return;
+		}
+		q += k;
+		if (q >= cr->end || byte_at(s, q) != '=')
+			return; /* the word inside some value, not a parameter */
 	}
-	q += k;
-	if (q >= cr->end || byte_at(s, q) != '=')
-		return; /* the word inside some value, not a parameter */
 	if (is_user) {
 		cr->user_count++;
 		cr->user_eq = q;
@@ -386,21 +408,37 @@ static __always_inline void param_candidate(struct nfg_scratch *s,
 
 /* Phase 3: count the username and realm parameters of every credential
  * header. */
-static __always_inline void find_params(struct nfg_scratch *s)
+static __always_inline void find_params_init(struct nfg_scratch *s)
 {
 	s->cur = 0;
 	s->pos = s->cred[0].start;
+	s->steps = 0;
+	s->done = 0;
+}
 
+/* Run up to NFG_STEPS_PER_CALL steps; s->done becomes 1 when every header
+ * was scanned, 2 with a reason on a verdict, and stays 0 when more steps
+ * are due (the caller tail-calls to go on). */
+static __always_inline void find_params_run(struct nfg_scratch *s)
+{
+	/* Counted a call at a time, as in scan_lines_run(). */
+	if (s->steps >= NFG_PARAM_STEPS) {
+		stop(s, NFG_R_SCAN_LIMIT);
+		return;
+	}
+	s->steps += NFG_STEPS_PER_CALL;
 #pragma clang loop unroll(disable)
-	for (int i = 0; i < NFG_PARAM_STEPS; i++) {
+	for (int i = 0; i < NFG_STEPS_PER_CALL; i++) {
 		struct nfg_cred *cr;
 		__u32 cur, pos, t;
 		__u64 w, m;
 
 		NFG_BARRIER();
 		cur = s->cur;
-		if (cur >= s->ncred)
+		if (cur >= s->ncred) {
+			s->done = 1;
 			return;
+		}
 		cr = &s->cred[cur & (NFG_MAX_CRED_HDRS - 1)];
 		pos = s->pos;
 		if (pos >= cr->end) {
@@ -421,7 +459,6 @@ static __always_inline void find_params(struct nfg_scratch *s)
 		if (s->done == 2)
 			return;
 	}
-	stop(s, NFG_R_SCAN_LIMIT);
 }
 
 /* 0x80 in the bytes of w that end a value: '"' ',' CR LF, and SP HT for
@@ -448,10 +485,12 @@ static __always_inline void read_value(struct nfg_scratch *s,
 	__u8 c;
 
 	v = eq + 1;
-	k = launder(s, skip_lws(s, v));
-	if (k >= NFG_LWS_MAX)
-		goto ambiguous;
-	v += k;
+	if (is_lws(byte_at(s, v))) {
+		k = launder(s, skip_lws(s, v));
+		if (k >= NFG_LWS_MAX)
+			goto ambiguous;
+		v += k;
+	}
 	k = launder(s, skip_quotes(s, v));
 	if (k >= NFG_QUOTES_MAX)
 		goto ambiguous;
@@ -499,7 +538,7 @@ static __always_inline void read_value(struct nfg_scratch *s,
 			goto ambiguous;
 		after = t;
 	}
-	if (after < cr->end) {
+	if (after < cr->end && byte_at(s, after) != ',') {
 		k = launder(s, skip_lws(s, after));
 		if (k >= NFG_LWS_MAX)
 			goto ambiguous;

@@ -16,6 +16,11 @@ MAX_LINES = 64
 LINE_STEPS = 640
 PARAM_STEPS = 384
 
+STEPS_PER_CALL = 64
+STAGE_SCAN = 0
+STAGE_PARAMS = 1
+STAGES = 2
+
 MODE_MONITOR = 0
 MODE_ENFORCE = 1
 ACTION_DROP = 0
@@ -72,6 +77,7 @@ REASONS = [
     "ext_header_limit",
     "scan_limit",
     "too_many_empty_lines",
+    "tail_call_failed",
 ]
 FIRST_VERDICT = REASONS.index("not_bound")
 REASON_IDS = {name: i for i, name in enumerate(REASONS)}

@@ -13,6 +13,8 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
+import secrets
+import struct
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -65,6 +67,20 @@ def boottime_ns() -> int:
 
 def _cstr(raw) -> str:
     return bytes(raw).split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def cred_hash(seed: int, user: bytes, realm: bytes) -> int:
+    """The credential hash of the bindings map key; the twin of
+    cred_hash_step() in bpf/nfguard.c, over the zero-padded credentials."""
+    data = user.ljust(consts.USER_MAX, b"\0") + realm.ljust(consts.REALM_MAX, b"\0")
+    h = seed
+    for (w,) in struct.iter_unpack("<Q", data):
+        h = ((h ^ w) * 0x9E3779B97F4A7C15) & _MASK64
+        h ^= h >> 29
+    return h
 
 
 def check_credential(user: str, realm: str) -> tuple[bytes, bytes]:
@@ -139,9 +155,15 @@ class Program:
             ) from e
         try:
             self.xdp_fn = self.bpf.load_func(b"nfguard_xdp", BPF.XDP)
+            self.scan_fn = self.bpf.load_func(b"nfguard_scan", BPF.XDP)
+            self.params_fn = self.bpf.load_func(b"nfguard_params", BPF.XDP)
             self.tc_fn = self.bpf.load_func(b"nfguard_tc", BPF.SCHED_CLS)
         except Exception as e:
             raise CompileError(f"the kernel refused the nfguard program: {e}") from e
+        # The later stages are reached by tail calls through this array.
+        self._stages = self.bpf[b"stages"]
+        self._stages[ctypes.c_int(consts.STAGE_SCAN)] = ctypes.c_int(self.scan_fn.fd)
+        self._stages[ctypes.c_int(consts.STAGE_PARAMS)] = ctypes.c_int(self.params_fn.fd)
         self._bindings = self.bpf[b"bindings"]
         self._trusted = self.bpf[b"trusted"]
         self._ports = self.bpf[b"ports"]
@@ -149,12 +171,17 @@ class Program:
         self._counters = self.bpf[b"counters"]
         self._scratch = self.bpf[b"scratch"]
         self._ring_open = False
-        if self._config[ctypes.c_uint32(0)].methods == 0:
+        cfg = self._config[ctypes.c_uint32(0)]
+        if cfg.methods == 0:
             # Never configured (fresh maps): safe defaults, monitor mode
-            # until the controller says otherwise.
+            # until the controller says otherwise, and a fresh secret seed
+            # for the credential hash.
+            cfg.cred_seed = secrets.randbits(64)
+            self._config[ctypes.c_uint32(0)] = cfg
             self.configure()
-            if not len(list(self._ports.keys())):
+            if not self.ports():
                 self.set_ports([5060])
+        self._seed = self._config[ctypes.c_uint32(0)].cred_seed
 
     # -- configuration -------------------------------------------------
     def configure(
@@ -182,7 +209,7 @@ class Program:
             raise ValueError("reject_mark must be a non-zero 32-bit value")
         if not 0 <= events_per_sec < 1 << 32:
             raise ValueError("events_per_sec must be a 32-bit value")
-        cfg = self._config.Leaf()
+        cfg = self._config[ctypes.c_uint32(0)]  # keeps cred_seed
         cfg.mode = modes[mode]
         cfg.action = actions[action]
         cfg.methods = mask
@@ -203,21 +230,26 @@ class Program:
         }
 
     def set_ports(self, ports: Iterable[int]) -> None:
-        wanted = set()
+        """Guard exactly these UDP destination ports (a bitmap in the map)."""
+        words = [0] * (65536 // 64)
+        count = 0
         for p in ports:
-            if not isinstance(p, int) or not 0 < p < 65536:
+            if not isinstance(p, int) or isinstance(p, bool) or not 0 < p < 65536:
                 raise ValueError(f"port {p!r} is not a UDP port number")
-            wanted.add(p)
-        if not wanted:
+            words[p // 64] |= 1 << (p % 64)
+            count += 1
+        if not count:
             raise ValueError("at least one port must be guarded")
-        for k in list(self._ports.keys()):
-            if k.value not in wanted:
-                del self._ports[k]
-        for p in wanted:
-            self._ports[self._ports.Key(p)] = self._ports.Leaf(1)
+        for i, w in enumerate(words):
+            if w or self._ports[ctypes.c_uint32(i)].value:
+                self._ports[ctypes.c_uint32(i)] = ctypes.c_uint64(w)
 
     def ports(self) -> list[int]:
-        return sorted(k.value for k in self._ports.keys())
+        out = []
+        for i in range(65536 // 64):
+            w = self._ports[ctypes.c_uint32(i)].value
+            out.extend(i * 64 + b for b in range(64) if w >> b & 1)
+        return out
 
     # -- trusted networks ----------------------------------------------
     def _lpm_key(self, cidr: str):
@@ -250,10 +282,9 @@ class Program:
     def _binding_key(self, user: str, realm: str, ip: str):
         u, r = check_credential(user, realm)
         key = self._bindings.Key()
-        key.user = u
-        key.realm = r
+        key.cred_hash = cred_hash(self._seed, u, r)
         key.addr[:] = list(addr_bytes(ip))
-        return key
+        return key, u, r
 
     def add_binding(
         self,
@@ -265,23 +296,35 @@ class Program:
     ) -> None:
         """Bind user@realm to ip until expires_ns (CLOCK_BOOTTIME), or for
         expires_in seconds from now, or without expiry."""
-        key = self._binding_key(user, realm, ip)
+        key, u, r = self._binding_key(user, realm, ip)
         if expires_ns is None:
             expires_ns = (
                 NO_EXPIRY if expires_in is None else boottime_ns() + int(expires_in * 1e9)
             )
-        self._bindings[key] = self._bindings.Leaf(max(0, min(expires_ns, NO_EXPIRY)))
+        existing = self._bindings.get(key)
+        if existing is not None and (bytes(existing.cred.user) != u.ljust(consts.USER_MAX, b"\0")
+                                     or bytes(existing.cred.realm) != r.ljust(consts.REALM_MAX, b"\0")):
+            raise ValueError(
+                f"{user}@{realm} at {ip}: another credential holds the same hash slot"
+            )
+        val = self._bindings.Leaf()
+        val.expires_ns = max(0, min(expires_ns, NO_EXPIRY))
+        val.cred.user = u
+        val.cred.realm = r
+        self._bindings[key] = val
 
     def remove_binding(self, user: str, realm: str, ip: str) -> bool:
-        try:
-            del self._bindings[self._binding_key(user, realm, ip)]
-            return True
-        except KeyError:
+        key, u, r = self._binding_key(user, realm, ip)
+        existing = self._bindings.get(key)
+        if existing is None or bytes(existing.cred.user).rstrip(b"\0") != u or \
+                bytes(existing.cred.realm).rstrip(b"\0") != r:
             return False
+        del self._bindings[key]
+        return True
 
     def bindings(self) -> list[Binding]:
         return [
-            Binding(_cstr(k.user), _cstr(k.realm), addr_str(k.addr), v.expires_ns)
+            Binding(_cstr(v.cred.user), _cstr(v.cred.realm), addr_str(k.addr), v.expires_ns)
             for k, v in self._bindings.items()
         ]
 
