@@ -1,0 +1,74 @@
+"""nfguard/consts.py mirrors bpf/nfguard_consts.h: check every number."""
+
+import os
+import re
+
+from nfguard import consts
+
+HEADER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "bpf", "nfguard_consts.h")
+
+
+def _header():
+    with open(HEADER) as f:
+        return f.read()
+
+
+def _define(name):
+    m = re.search(rf"#define NFG_{name} (0x[0-9a-fA-F]+|\d+)u?\b", _header())
+    assert m, f"NFG_{name} not defined in {HEADER}"
+    return int(m.group(1), 0)
+
+
+def test_limits_match():
+    for name in ["SCAN_MAX", "USER_MAX", "REALM_MAX", "MAX_CRED_HDRS", "MAX_VLAN",
+                 "MAX_EXT_HDRS", "LEADING_MAX", "LWS_MAX", "QUOTES_MAX", "MAX_LINES",
+                 "LINE_STEPS", "PARAM_STEPS", "STEPS_PER_CALL", "STAGE_SCAN",
+                 "STAGE_PARAMS", "STAGES"]:
+        assert getattr(consts, name) == _define(name), name
+
+
+def test_modes_actions_and_marks_match():
+    for name in ["MODE_MONITOR", "MODE_ENFORCE", "ACTION_DROP", "ACTION_REJECT",
+                 "FRAG_VERDICT", "FRAG_PASS", "ACT_PASS", "ACT_DROP", "ACT_MARK",
+                 "META_MAGIC", "DEFAULT_REJECT_MARK"]:
+        assert getattr(consts, name) == _define(name), name
+
+
+def test_method_bits_match():
+    for method, bit in consts.METHOD_BITS.items():
+        assert _define(f"M_{method}") == bit, method
+    assert "REGISTER" not in consts.METHOD_BITS
+
+
+def _enum_values():
+    """name -> value of enum nfg_reason, computed as C does."""
+    body = re.search(r"enum nfg_reason \{(.*?)\};", _header(), re.S).group(1)
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+    values, nxt = {}, 0
+    for item in filter(None, (i.strip() for i in body.split(","))):
+        name, _, expr = (x.strip() for x in item.partition("="))
+        if expr:
+            nxt = values[expr[len("NFG_R_"):]] if expr.startswith("NFG_R_") else int(expr, 0)
+        values[name[len("NFG_R_"):]] = nxt
+        nxt += 1
+    return values
+
+
+def test_reasons_match_enum_values():
+    values = _enum_values()
+    for i, name in enumerate(consts.REASONS):
+        assert values[name.upper()] == i, name
+    assert values["COUNT"] == len(consts.REASONS)
+    assert values["FIRST_VERDICT"] == consts.FIRST_VERDICT == consts.REASON_IDS["not_bound"]
+
+
+def test_methods_mask():
+    assert consts.methods_mask(["INVITE", "MESSAGE"]) == 1 | 1 << 5
+    for bad in (["REGISTER"], ["invite"], ["FOO"]):
+        try:
+            consts.methods_mask(bad)
+        except ValueError as e:
+            assert bad[0] in str(e) or "REGISTER" in str(e)
+        else:
+            raise AssertionError(f"{bad} accepted")
