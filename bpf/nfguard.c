@@ -126,13 +126,14 @@ static __always_inline __u32 classify_start(struct xdp_md *ctx,
 	*(__u64 *)&s->buf[n + 16] = 0;
 	s->len = n;
 
-	/* Empty lines may precede the request line. */
+	/* sofia-sip skips SP, HT, CR and LF before the request line. */
 	first = NFG_LEADING_MAX;
 #pragma unroll
 	for (int i = 0; i < NFG_LEADING_MAX / 8; i++) {
 		__u64 w = load8(s, i * 8);
 
-		nl = ~(bytes_eq(w, '\r') | bytes_eq(w, '\n')) & HIGHS;
+		nl = ~(bytes_eq(w, '\r') | bytes_eq(w, '\n') | bytes_eq(w, ' ') |
+		       bytes_eq(w, '\t')) & HIGHS;
 		if (nl) {
 			first = i * 8 + lowest_flag(nl);
 			break;

@@ -99,6 +99,7 @@ struct nfg_scratch {
 	__u32 reason;   /* reason when done == 2 */
 	__u32 nlines;   /* candidate header lines found (first byte a or p) */
 	__u32 open;     /* the current header is a candidate line */
+	__u32 req_line; /* the line being scanned is the request line */
 	__u32 ncred;    /* credential headers found */
 	__u32 cur;      /* line or credential header index of a loop */
 	__u32 steps;    /* scanner steps taken, over all tail calls */

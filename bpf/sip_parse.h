@@ -117,6 +117,21 @@ static __always_inline __u32 skip_lws(struct nfg_scratch *s, __u32 at)
 	return NFG_LWS_MAX;
 }
 
+/* Offset (0..NFG_LWS_MAX) of the first byte at or after `at` that is not
+ * SP or HT; NFG_LWS_MAX when the first NFG_LWS_MAX bytes all are. */
+static __always_inline __u32 skip_ws(struct nfg_scratch *s, __u32 at)
+{
+	__u64 w0 = load8(s, at), w1 = load8(s, at + 8);
+	__u64 n0 = ~(bytes_eq(w0, ' ') | bytes_eq(w0, '\t')) & HIGHS;
+	__u64 n1 = ~(bytes_eq(w1, ' ') | bytes_eq(w1, '\t')) & HIGHS;
+
+	if (n0)
+		return lowest_flag(n0);
+	if (n1)
+		return 8 + lowest_flag(n1);
+	return NFG_LWS_MAX;
+}
+
 /* Offset (0..NFG_QUOTES_MAX) of the first byte that is not '"'. */
 static __always_inline __u32 skip_quotes(struct nfg_scratch *s, __u32 at)
 {
@@ -207,6 +222,7 @@ static __always_inline void scan_lines_init(struct nfg_scratch *s, __u32 first)
 	s->done = 0;
 	s->nlines = 0;
 	s->open = 0;
+	s->req_line = 1;
 	s->steps = 0;
 }
 
@@ -224,7 +240,7 @@ static __always_inline void scan_lines_run(struct nfg_scratch *s)
 	s->steps += NFG_STEPS_PER_CALL;
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < NFG_STEPS_PER_CALL; i++) {
-		__u32 pos, n, t, nx, nl;
+		__u32 pos, n, t, nx, nl, k;
 		__u64 m0, m1, m2, m3;
 		__u8 c, d;
 
@@ -273,8 +289,26 @@ static __always_inline void scan_lines_run(struct nfg_scratch *s)
 		 * ends the header. */
 		if (s->open)
 			s->hdr_end[(nl - 1) & (NFG_MAX_LINES - 1)] = t;
-		s->pos = nx;
 		d = byte_at(s, nx);
+		if (s->req_line) {
+			/* sofia-sip skips SP and HT after the request line:
+			 * the line after it is a header, never a fold. */
+			s->req_line = 0;
+			if (d == ' ' || d == '\t') {
+				k = skip_ws(s, nx);
+				if (k >= NFG_LWS_MAX) {
+					stop(s, NFG_R_SCAN_LIMIT);
+					return;
+				}
+				nx += k;
+				if (nx >= n) {
+					stop(s, NFG_R_HEADERS_TRUNCATED);
+					return;
+				}
+				d = byte_at(s, nx);
+			}
+		}
+		s->pos = nx;
 		if (d == '\r' || d == '\n') {
 			s->done = 1; /* an empty line: the header section ends */
 			return;
