@@ -22,12 +22,28 @@ from typing import Callable, Iterable
 from . import consts
 from .errors import CompileError, NfguardError
 from .kernel import ensure_bpffs, require_headers
-from .testrun import prog_test_run
+from .testrun import obj_pin, prog_test_run
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/nfguard"
 NO_EXPIRY = (1 << 64) - 1
 XDP_DROP, XDP_PASS = 1, 2
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+
+
+class _EventC(ctypes.Structure):
+    """struct nfg_event (bpf/nfguard_structs.h)."""
+
+    _fields_ = [
+        ("ts_ns", ctypes.c_uint64),
+        ("addr", ctypes.c_uint8 * 16),
+        ("reason", ctypes.c_uint32),
+        ("action", ctypes.c_uint32),
+        ("would", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("user", ctypes.c_char * consts.USER_MAX),
+        ("realm", ctypes.c_char * consts.REALM_MAX),
+    ]
 
 
 def bpf_source_dir() -> str:
@@ -164,6 +180,14 @@ class Program:
         self._stages = self.bpf[b"stages"]
         self._stages[ctypes.c_int(consts.STAGE_SCAN)] = ctypes.c_int(self.scan_fn.fd)
         self._stages[ctypes.c_int(consts.STAGE_PARAMS)] = ctypes.c_int(self.params_fn.fd)
+        self.stages_pin = None
+        if pin_dir:
+            # A prog array loses its entries when its last user reference
+            # goes; pinned, it keeps serving the attached program after this
+            # process exits. One pin per load: an older program still
+            # attached keeps its own stages until unpin_stale_stages().
+            self.stages_pin = os.path.join(pin_dir, f"stages_{time.time_ns()}")
+            obj_pin(self._stages.map_fd, self.stages_pin)
         self._bindings = self.bpf[b"bindings"]
         self._trusted = self.bpf[b"trusted"]
         self._ports = self.bpf[b"ports"]
@@ -359,7 +383,7 @@ class Program:
         self.bpf.ring_buffer_poll(timeout_ms)
 
     def _decode_event(self, data) -> Event:
-        ev = self.bpf[b"events"].event(data)
+        ev = ctypes.cast(data, ctypes.POINTER(_EventC)).contents
         user = _cstr(ev.user) or None
         realm = _cstr(ev.realm) or None
         return Event(
@@ -401,6 +425,19 @@ class Program:
         """Average ns per run of the XDP program on frame over repeat runs."""
         _, duration, _ = prog_test_run(self.xdp_fn.fd, frame, repeat=repeat)
         return duration
+
+    def unpin_stale_stages(self) -> list[str]:
+        """Remove the stages pins of earlier loads (call once this load's
+        program is attached in their place); returns the removed paths."""
+        if not self.pin_dir:
+            return []
+        removed = []
+        for name in os.listdir(self.pin_dir):
+            path = os.path.join(self.pin_dir, name)
+            if name.startswith("stages_") and path != self.stages_pin:
+                os.unlink(path)
+                removed.append(path)
+        return removed
 
     def close(self) -> None:
         """Release this load. Attached programs and pinned maps stay."""

@@ -1,4 +1,5 @@
-"""BPF_PROG_TEST_RUN through the system libbpf (bcc 0.26 has no wrapper)."""
+"""Calls into the system libbpf that bcc 0.26 lacks: BPF_PROG_TEST_RUN and
+bpf_obj_pin (through ctypes)."""
 
 import ctypes
 import ctypes.util
@@ -41,6 +42,8 @@ def _lib():
             raise NfguardError(f"libbpf not found ({e}): install libbpf1") from e
         lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
         lib.bpf_prog_test_run_opts.restype = ctypes.c_int
+        lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
+        lib.bpf_obj_pin.restype = ctypes.c_int
         _libbpf = lib
     return _libbpf
 
@@ -65,3 +68,11 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> tuple[int, int,
         err = -rc if rc < 0 else ctypes.get_errno()
         raise NfguardError(f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
     return opts.retval, opts.duration, buf_out.raw[: opts.data_size_out]
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin a BPF map or program on bpffs."""
+    rc = _lib().bpf_obj_pin(fd, path.encode())
+    if rc != 0:
+        err = -rc if rc < 0 else ctypes.get_errno()
+        raise NfguardError(f"cannot pin {path}: {os.strerror(err)}")

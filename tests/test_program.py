@@ -1,0 +1,175 @@
+"""The loader: map accessors, validation, pinning and reuse across loads."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, need_kernel
+from nfguard import consts
+from nfguard import packets as P
+from nfguard.program import Program, addr_bytes, addr_str, cred_hash
+
+INVITE = P.sip_request(user="1001", realm="pbx.example.com")
+
+
+def test_addresses_round_trip():
+    for ip in ["192.0.2.1", "2001:db8::1", "::1", "0.0.0.0"]:
+        assert addr_str(addr_bytes(ip)) == ip
+    assert addr_bytes("192.0.2.1") == b"\0" * 10 + b"\xff\xff" + bytes([192, 0, 2, 1])
+
+
+def test_cred_hash_depends_on_seed_and_every_byte():
+    base = cred_hash(1, b"alice", b"pbx")
+    assert base != cred_hash(2, b"alice", b"pbx")
+    assert base != cred_hash(1, b"alicf", b"pbx")
+    assert base != cred_hash(1, b"alice", b"pbx.")
+
+
+def test_bindings_add_list_remove(prog):
+    prog.add_binding("Alice", "PBX.Example.com", "192.0.2.10", expires_in=60)
+    prog.add_binding("alice", "pbx.example.com", "2001:db8::10")
+    got = sorted((b.user, b.realm, b.ip) for b in prog.bindings())
+    assert got == [("alice", "pbx.example.com", "192.0.2.10"),
+                   ("alice", "pbx.example.com", "2001:db8::10")]
+    assert prog.remove_binding("ALICE", "pbx.example.com", "192.0.2.10")
+    assert not prog.remove_binding("alice", "pbx.example.com", "192.0.2.10")
+    assert [b.ip for b in prog.bindings()] == ["2001:db8::10"]
+
+
+@pytest.mark.parametrize("user,realm,msg", [
+    ("", "pbx", "empty"),
+    ("a" * 65, "pbx", "longer than 64"),
+    ("alice", "r" * 129, "longer than 128"),
+])
+def test_bindings_refuse_what_the_kernel_cannot_store(prog, user, realm, msg):
+    with pytest.raises(ValueError, match=msg):
+        prog.add_binding(user, realm, "192.0.2.10")
+    assert prog.bindings() == []
+
+
+def test_bindings_at_the_limits_are_enforced(prog):
+    user, realm = "u" * 64, "r" * 128
+    prog.add_binding(user, realm, "192.0.2.10")
+    frame = P.udp_frame(P.sip_request(user=user, realm=realm))
+    assert prog.test_run(frame).reason == "bound"
+    assert prog.test_run(P.udp_frame(P.sip_request(user=user, realm=realm),
+                                     src="192.0.2.11")).reason == "not_bound"
+
+
+def test_bad_address_is_rejected(prog):
+    with pytest.raises(ValueError):
+        prog.add_binding("alice", "pbx", "not-an-ip")
+
+
+def test_configure_validates(prog):
+    for kwargs in [dict(mode="block"), dict(action="refuse"), dict(fragments="maybe"),
+                   dict(methods=["REGISTER"]), dict(methods=[]), dict(methods=["invite"]),
+                   dict(reject_mark=0)]:
+        with pytest.raises(ValueError):
+            prog.configure(**kwargs)
+    prog.configure(mode="monitor", action="reject", methods=["INVITE", "MESSAGE"],
+                   fragments="pass", reject_mark=7, events_per_sec=5)
+    assert prog.config() == {"mode": "monitor", "action": "reject",
+                             "methods": ["INVITE", "MESSAGE"], "fragments": "pass",
+                             "reject_mark": 7, "events_per_sec": 5}
+
+
+def test_ports(prog):
+    prog.set_ports([5060, 5080, 65535, 1])
+    assert prog.ports() == [1, 5060, 5080, 65535]
+    prog.set_ports([5080])
+    assert prog.ports() == [5080]
+    assert prog.test_run(P.udp_frame(INVITE, dport=5060)).reason == "port_not_guarded"
+    assert prog.test_run(P.udp_frame(INVITE, dport=5080)).reason == "not_bound"
+    for bad in ([0], [65536], ["5060"], [], [True]):
+        with pytest.raises(ValueError):
+            prog.set_ports(bad)
+    assert prog.ports() == [5080]
+
+
+def test_trusted_networks(prog):
+    prog.add_trusted("198.51.100.0/24")
+    prog.add_trusted("2001:db8:1::/48")
+    assert prog.trusted() == ["198.51.100.0/24", "2001:db8:1::/48"]
+    assert prog.test_run(P.udp_frame(INVITE, src="198.51.100.7")).reason == "trusted"
+    assert prog.test_run(P.udp_frame(INVITE, src="198.51.101.7")).reason == "not_bound"
+    assert prog.test_run(P.udp_frame(INVITE, src="2001:db8:1::5",
+                                     dst="2001:db8::1")).reason == "trusted"
+    prog.remove_trusted("198.51.100.0/24")
+    assert prog.trusted() == ["2001:db8:1::/48"]
+
+
+def test_counters_count_each_reason(prog):
+    prog.test_run(P.udp_frame(INVITE, src="198.51.100.7"))
+    prog.test_run(P.udp_frame(INVITE, src="198.51.100.7"))
+    prog.test_run(P.udp_frame(b"x", dport=53))
+    c = prog.counters()
+    assert c["not_bound"] == 2 and c["port_not_guarded"] == 1
+    assert sum(c.values()) == 3
+    assert set(c) == set(consts.REASONS)
+
+
+def test_events_report_verdicts(prog):
+    got = []
+    prog.open_events(got.append)
+    prog.poll_events(0)  # drain what earlier tests left in the ring
+    got.clear()
+    prog.test_run(P.udp_frame(INVITE, src="198.51.100.7", sport=40000))
+    prog.test_run(P.udp_frame(P.sip_request(auth=""), src="198.51.100.7"))  # passes: no event
+    prog.poll_events(100)
+    assert len(got) == 1
+    ev = got[0]
+    assert (ev.src, ev.sport, ev.dport, ev.reason, ev.action, ev.user, ev.realm) == (
+        "198.51.100.7", 40000, 5060, "not_bound", "drop", "1001", "pbx.example.com")
+
+
+@pytest.fixture
+def pin_dir():
+    need_kernel()
+    path = f"/sys/fs/bpf/nfguard-test-{os.getpid()}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_pinned_maps_survive_a_reload(pin_dir):
+    first = Program(pin_dir=pin_dir)
+    first.configure(mode="enforce", action="reject")
+    first.set_ports([5080])
+    first.add_binding("1001", "pbx.example.com", "192.0.2.10")
+    first.add_trusted("10.0.0.0/8")
+    seed = first._seed
+    first.close()
+    names = set(os.listdir(pin_dir))
+    assert {"bindings", "trusted", "ports", "config", "counters"} <= names
+    assert any(n.startswith("stages_") for n in names)
+
+    second = Program(pin_dir=pin_dir)
+    try:
+        assert second._seed == seed
+        assert second.config()["mode"] == "enforce"
+        assert second.config()["action"] == "reject"
+        assert second.ports() == [5080]
+        assert second.trusted() == ["10.0.0.0/8"]
+        assert [(b.user, b.ip) for b in second.bindings()] == [("1001", "192.0.2.10")]
+        assert second.test_run(P.udp_frame(INVITE, dport=5080)).reason == "bound"
+        assert second.test_run(P.udp_frame(INVITE, dport=5080, src="192.0.2.99")).action == "mark"
+        assert len(second.unpin_stale_stages()) == 1
+        assert [n for n in os.listdir(pin_dir) if n.startswith("stages_")] == [
+            os.path.basename(second.stages_pin)]
+    finally:
+        second.close()
+
+
+def test_missing_headers_give_one_clear_line(tmp_path):
+    env = dict(os.environ, NFGUARD_MODULES_DIR=str(tmp_path))
+    code = ("from nfguard.program import Program\n"
+            "from nfguard.errors import NfguardError\n"
+            "try:\n    Program()\nexcept NfguardError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert "linux-headers-" in out.stdout and "not found" in out.stdout
