@@ -1,0 +1,96 @@
+"""`nfguard bench`: shape of its output, never its timings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import need_kernel
+from nfguard import bench, packets
+from nfguard.errors import NfguardError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASES = ["non_sip_udp", "register", "invite_no_auth", "invite_bound", "invite_foreign",
+         "invite_worst_case"]
+
+
+def nfguard(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nfguard", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_xdp_json_shape():
+    need_kernel()
+    out = nfguard("bench", "xdp", "--json", "--repeat", "2000")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert list(result) == ["bare_pass_ns", "cases"]
+    assert isinstance(result["bare_pass_ns"], int) and result["bare_pass_ns"] > 0
+    assert list(result["cases"]) == CASES
+    for name, case in result["cases"].items():
+        assert list(case) == ["ns", "ratio"], name
+        assert isinstance(case["ns"], int) and case["ns"] > 0, name
+        assert isinstance(case["ratio"], (int, float)) and case["ratio"] > 0, name
+
+
+def test_default_target_is_xdp_and_readable():
+    need_kernel()
+    out = nfguard("bench", "--repeat", "500", "--rounds", "1")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for name in ["bare_pass"] + CASES:
+        assert name in text
+    assert len(text.splitlines()) == 2 + len(CASES)
+
+
+def test_worst_case_frame():
+    frame = bench.worst_case_invite()
+    assert len(frame) == 1400
+    sip = frame[42:].decode()
+    head, sep, body = sip.partition("\r\n\r\n")
+    assert sep and body == ""
+    lines = head.split("\r\n")
+    assert lines[0].startswith("INVITE ") and lines[-1].startswith("Proxy-Authorization: Digest ")
+    assert len(head) > 1300
+    names = {line.split(":", 1)[0] for line in lines[1:]}
+    assert {"Via", "Record-Route", "Allow", "Supported", "User-Agent",
+            "P-Asserted-Identity"} <= names
+
+
+def test_cases_are_distinct_and_named():
+    cases = bench.xdp_cases()
+    assert [c.name for c in cases] == CASES
+    assert len({c.frame for c in cases}) == len(cases)
+    assert all(len(c.frame) >= len(packets.udp_frame(b"")) for c in cases)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["bench", "sync"], "unknown bench target 'sync'"),
+    (["bench", "xdp", "--repeat", "0"], "--repeat"),
+    (["bench", "xdp", "--repeat", "many"], "--repeat"),
+    (["bench", "xdp", "--rounds", "-1"], "--rounds"),
+])
+def test_bad_arguments_are_one_line(args, needle):
+    out = nfguard(*args)
+    assert out.returncode != 0
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nfguard: error:"), out.stderr
+    assert needle in lines[0] and "Traceback" not in out.stderr
+
+
+def test_a_case_with_the_wrong_reason_fails_loudly(program):
+    """The bench refuses to time a frame that does not take the path its
+    name claims (here: no binding, so invite_bound is not bound)."""
+    program.configure(mode="enforce", action="drop")
+    program.set_ports([5060])
+    program.clear_bindings()
+
+    with pytest.raises(NfguardError, match="invite_bound: the program says not_bound"):
+        bench.check_cases(program, bench.xdp_cases())
