@@ -18,14 +18,21 @@ SUBCOMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other nfguard error."""
+
+    def error(self, message):
+        self.exit(2, f"nfguard: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nfguard",
         description="Refuse SIP INVITEs whose credentials are used from an address "
         "where that user@realm is not registered.",
     )
     parser.add_argument("--version", action="version", version=f"nfguard {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (modname, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         importlib.import_module(modname).add_arguments(p)

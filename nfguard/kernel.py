@@ -27,8 +27,9 @@ def require_headers() -> str:
     if found:
         return found
     release = platform.release()
+    modules = os.environ.get("NFGUARD_MODULES_DIR", "/lib/modules")
     raise HeadersMissing(
-        f"kernel headers for {release} not found in /lib/modules/{release}/build: "
+        f"kernel headers for {release} not found in {modules}/{release}/build: "
         f"install them with 'apt install linux-headers-{release}' "
         "(or load the kheaders module), then retry"
     )

@@ -152,8 +152,16 @@ class Program:
     """One load of the nfguard BPF programs and their maps."""
 
     def __init__(self, pin_dir: str | None = None, cflags: Iterable[str] = ()):
+        if os.geteuid() != 0:
+            raise NfguardError("loading BPF programs needs root (CAP_BPF and CAP_NET_ADMIN)")
         require_headers()
-        from bcc import BPF  # imported late: a clear error beats an ImportError at start
+        try:
+            from bcc import BPF  # imported here: a clear error beats an ImportError
+        except ImportError as e:
+            raise NfguardError(
+                f"bcc is not importable ({e}): install python3-bpfcc and run nfguard "
+                "with the system python3 (/usr/bin/python3)"
+            ) from e
 
         self._BPF = BPF
         self.pin_dir = pin_dir
