@@ -35,17 +35,27 @@ def require_headers() -> str:
     )
 
 
-def _is_bpffs(path: str) -> bool:
+def _fstype_of(path: str) -> str | None:
+    """Filesystem type of the mount that holds path (which may not exist)."""
+    path = os.path.realpath(path)
+    best, fstype = "", None
     try:
         with open("/proc/self/mounts") as f:
-            return any(line.split()[1] == path and line.split()[2] == "bpf" for line in f)
+            for line in f:
+                fields = line.split()
+                mnt = fields[1]
+                inside = path == mnt or path.startswith(mnt.rstrip("/") + "/")
+                if inside and len(mnt) >= len(best):
+                    best, fstype = mnt, fields[2]
     except OSError:
-        return False
+        return None
+    return fstype
 
 
 def ensure_bpffs(pin_dir: str) -> None:
-    """Mount bpffs at /sys/fs/bpf when it is not, and create pin_dir."""
-    if not _is_bpffs(BPFFS):
+    """Mount bpffs at /sys/fs/bpf when it is not, and create pin_dir, which
+    must be on a BPF filesystem."""
+    if _fstype_of(BPFFS) != "bpf":
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
@@ -55,4 +65,7 @@ def ensure_bpffs(pin_dir: str) -> None:
                 f"cannot mount the BPF filesystem on {BPFFS}: {os.strerror(err)} "
                 "(run as root, or mount it: mount -t bpf bpf /sys/fs/bpf)"
             )
+    if _fstype_of(pin_dir) != "bpf":
+        raise NfguardError(f"pin directory {pin_dir} is not on a BPF filesystem "
+                           f"(use a directory under {BPFFS})")
     os.makedirs(pin_dir, mode=0o700, exist_ok=True)
