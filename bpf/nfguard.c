@@ -5,7 +5,8 @@
  * nfguard_xdp applies the policy of DESIGN.md §2 to every frame; a packet
  * that gets the verdict is dropped, marked for rejection, or only counted,
  * by mode. nfguard_tc (clsact ingress) turns the XDP metadata mark of the
- * reject action into skb->mark, which an nftables rule rejects.
+ * reject action into skb->mark, which an nftables rule rejects; it returns
+ * TC_ACT_UNSPEC so that other tools' ingress filters still run.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -312,6 +313,17 @@ static __always_inline int stage_state(struct nfg_config **cfg,
 	return *cfg && *s;
 }
 
+/* A packet that passes before any SIP parsing: only counted. This is the
+ * path of all non-SIP traffic, so it touches nothing else. */
+static __always_inline int count_pass(__u32 reason)
+{
+	__u64 *count = counters.lookup(&reason);
+
+	if (count)
+		(*count)++;
+	return XDP_PASS;
+}
+
 /* Stage 0, the program attached to the interface: L2-L4, ports, trusted
  * networks, request line. */
 int nfguard_xdp(struct xdp_md *ctx)
@@ -322,52 +334,49 @@ int nfguard_xdp(struct xdp_md *ctx)
 	struct nfg_lpm_key lpm = { .prefixlen = 128 };
 	struct nfg_config *cfg;
 	struct nfg_scratch *s;
-	struct l4_info *l4;
+	struct l4_info l4;
 	__u32 reason, port_word;
 	__u64 *port_bits;
 	__be16 proto;
 	int r;
 
+	l4.first_fragment = 0;
+	if (parse_ethhdr(&nh, data_end, &proto) < 0)
+		return count_pass(NFG_R_NOT_IP);
+	if (proto == bpf_htons(ETH_P_IP))
+		r = parse_ipv4(&nh, data_end, &l4, &reason);
+	else if (proto == bpf_htons(ETH_P_IPV6))
+		r = parse_ipv6(&nh, data_end, &l4, &reason);
+	else
+		return count_pass(NFG_R_NOT_IP);
+	if (r == L4_PASS)
+		return count_pass(reason);
+	if (r == L4_UDP) {
+		if (parse_udp(&nh, data, data_end, &l4, &reason) != L4_UDP)
+			return count_pass(reason);
+		port_word = l4.dport / 64;
+		port_bits = ports.lookup(&port_word);
+		if (!port_bits || !((*port_bits >> (l4.dport % 64)) & 1))
+			return count_pass(NFG_R_PORT_NOT_GUARDED);
+		__builtin_memcpy(lpm.addr, l4.saddr, 16);
+		if (trusted.lookup(&lpm))
+			return count_pass(NFG_R_TRUSTED);
+	}
+
+	/* From here on the packet is a guarded datagram (or an unsafe
+	 * extension header chain): the stages share its state per CPU. */
 	if (!stage_state(&cfg, &s))
 		return XDP_PASS;
-	l4 = &s->l4;
+	s->l4 = l4;
 	s->last_has_key = 0;
 	s->last_seq++;
-	l4->first_fragment = 0;
-
-	if (parse_ethhdr(&nh, data_end, &proto) < 0) {
-		reason = NFG_R_NOT_IP;
-		goto out;
+	if (r == L4_UDP) {
+		reason = classify_start(ctx, s, cfg);
+		if (reason == NFG_R_CONTINUE) {
+			stages.call(ctx, NFG_STAGE_SCAN);
+			reason = NFG_R_TAIL_CALL_FAILED;
+		}
 	}
-	if (proto == bpf_htons(ETH_P_IP)) {
-		r = parse_ipv4(&nh, data_end, l4, &reason);
-	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		r = parse_ipv6(&nh, data_end, l4, &reason);
-	} else {
-		reason = NFG_R_NOT_IP;
-		goto out;
-	}
-	if (r != L4_UDP)
-		goto out;
-	if (parse_udp(&nh, data, data_end, l4, &reason) != L4_UDP)
-		goto out;
-	port_word = l4->dport / 64;
-	port_bits = ports.lookup(&port_word);
-	if (!port_bits || !((*port_bits >> (l4->dport % 64)) & 1)) {
-		reason = NFG_R_PORT_NOT_GUARDED;
-		goto out;
-	}
-	__builtin_memcpy(lpm.addr, l4->saddr, 16);
-	if (trusted.lookup(&lpm)) {
-		reason = NFG_R_TRUSTED;
-		goto out;
-	}
-	reason = classify_start(ctx, s, cfg);
-	if (reason == NFG_R_CONTINUE) {
-		stages.call(ctx, NFG_STAGE_SCAN);
-		reason = NFG_R_TAIL_CALL_FAILED;
-	}
-out:
 	return finish(ctx, s, cfg, reason);
 }
 
@@ -420,11 +429,11 @@ int nfguard_tc(struct __sk_buff *skb)
 	__u32 zero = 0;
 
 	if ((void *)(word + 1) > data)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	if (*word != NFG_META_MAGIC)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	cfg = config.lookup(&zero);
 	skb->mark = cfg && cfg->reject_mark ? cfg->reject_mark
 					    : NFG_DEFAULT_REJECT_MARK;
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
