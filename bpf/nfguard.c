@@ -45,7 +45,7 @@ static __always_inline void copy_lower(struct nfg_scratch *s, __u64 *dst,
 		__u64 w = 0;
 
 		if (i * 8 < len) {
-			w = lower8(load8(s, off + i * 8));
+			w = lower8(load8_off(s, off, i * 8));
 			if (len - i * 8 < 8)
 				w &= (1ULL << ((len - i * 8) * 8)) - 1;
 		}
@@ -107,6 +107,10 @@ static __always_inline __u32 classify_start(struct xdp_md *ctx,
 	__u32 avail, n, first;
 	__u64 nl;
 
+	/* Bytes of this datagram in the frame: up to the end of the IP
+	 * packet, not of the frame (trailer bytes are no part of it). */
+	if (l4->ip_end < frame_len)
+		frame_len = l4->ip_end;
 	avail = frame_len > l4->udp_off ? frame_len - l4->udp_off : 0;
 	n = l4->payload_len < avail ? l4->payload_len : avail;
 	s->more = l4->first_fragment || l4->payload_len > n ||
@@ -114,7 +118,7 @@ static __always_inline __u32 classify_start(struct xdp_md *ctx,
 	if (n > NFG_SCAN_MAX)
 		n = NFG_SCAN_MAX;
 	if (n == 0)
-		return NFG_R_METHOD_NOT_GUARDED;
+		return s->more ? unfinished(s, cfg) : NFG_R_METHOD_NOT_GUARDED;
 	/* Equal to n for n in [1, NFG_SCAN_MAX], in a form whose bounds the
 	 * verifier sees whatever the compiler does with the clamp above. */
 	n = ((n - 1) & NFG_SCAN_MASK) + 1;
@@ -125,6 +129,7 @@ static __always_inline __u32 classify_start(struct xdp_md *ctx,
 	*(__u64 *)&s->buf[n] = 0;
 	*(__u64 *)&s->buf[n + 8] = 0;
 	*(__u64 *)&s->buf[n + 16] = 0;
+	*(__u64 *)&s->buf[n + 24] = 0;
 	s->len = n;
 
 	/* sofia-sip skips SP, HT, CR and LF before the request line. */
@@ -341,12 +346,13 @@ int nfguard_xdp(struct xdp_md *ctx)
 	int r;
 
 	l4.first_fragment = 0;
+	l4.ipv6 = 0;
 	if (parse_ethhdr(&nh, data_end, &proto) < 0)
 		return count_pass(NFG_R_NOT_IP);
 	if (proto == bpf_htons(ETH_P_IP))
-		r = parse_ipv4(&nh, data_end, &l4, &reason);
+		r = parse_ipv4(&nh, data, data_end, &l4, &reason);
 	else if (proto == bpf_htons(ETH_P_IPV6))
-		r = parse_ipv6(&nh, data_end, &l4, &reason);
+		r = parse_ipv6(&nh, data, data_end, &l4, &reason);
 	else
 		return count_pass(NFG_R_NOT_IP);
 	if (r == L4_PASS)
@@ -367,6 +373,11 @@ int nfguard_xdp(struct xdp_md *ctx)
 	 * extension header chain): the stages share its state per CPU. */
 	if (!stage_state(&cfg, &s))
 		return XDP_PASS;
+	if (r != L4_UDP) {
+		/* No UDP header was read: nothing of it may go into events. */
+		l4.sport = l4.dport = 0;
+		l4.udp_off = l4.payload_len = 0;
+	}
 	s->l4 = l4;
 	s->last_has_key = 0;
 	s->last_seq++;

@@ -60,9 +60,11 @@ struct l4_info {
 	__u8 saddr[16];   /* IPv6, or IPv4 mapped into ::ffff:0:0/96 */
 	__u32 udp_off;    /* offset of the UDP header from the frame start */
 	__u32 payload_len; /* UDP payload length claimed by the UDP header */
+	__u32 ip_end;     /* where the IP packet ends, by its own length */
 	__u16 sport;
 	__u16 dport;
 	__u8 first_fragment; /* more fragments follow this one */
+	__u8 ipv6;
 };
 
 /* Per-CPU token bucket for verdict events. */

@@ -59,11 +59,12 @@ static __always_inline int parse_ethhdr(struct hdr_cursor *nh, void *data_end,
 	return 0;
 }
 
-static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end,
-				      struct l4_info *l4, __u32 *reason)
+static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data,
+				      void *data_end, struct l4_info *l4,
+				      __u32 *reason)
 {
 	struct iphdr *iph = nh->pos;
-	__u32 hlen;
+	__u32 hlen, tot_len, ip_payload;
 	__u16 frag;
 
 	if ((void *)(iph + 1) > data_end || iph->version != 4) {
@@ -71,7 +72,8 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end,
 		return L4_PASS;
 	}
 	hlen = iph->ihl * 4;
-	if (hlen < sizeof(*iph) || nh->pos + hlen > data_end) {
+	tot_len = bpf_ntohs(iph->tot_len);
+	if (hlen < sizeof(*iph) || nh->pos + hlen > data_end || tot_len < hlen) {
 		*reason = NFG_R_NOT_IP;
 		return L4_PASS;
 	}
@@ -87,6 +89,13 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end,
 		return L4_PASS;
 	}
 	l4->first_fragment = !!(frag & 0x2000);
+	/* The packet ends where its length says, not where the frame does
+	 * (Ethernet pads short frames). Reassembly drops the last 1-7 bytes
+	 * of a non-last fragment: they never reach the socket. */
+	ip_payload = tot_len - hlen;
+	if (l4->first_fragment)
+		ip_payload &= ~7u;
+	l4->ip_end = ((void *)iph - data) + hlen + ip_payload;
 	__builtin_memset(l4->saddr, 0, 10);
 	l4->saddr[10] = 0xff;
 	l4->saddr[11] = 0xff;
@@ -107,8 +116,9 @@ struct ipv6_frag_hdr_min {
 	__be32 identification;
 };
 
-static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
-				      struct l4_info *l4, __u32 *reason)
+static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data,
+				      void *data_end, struct l4_info *l4,
+				      __u32 *reason)
 {
 	struct ipv6hdr *ip6h = nh->pos;
 	__u8 next;
@@ -118,6 +128,12 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
 		return L4_PASS;
 	}
 	__builtin_memcpy(l4->saddr, &ip6h->saddr, 16);
+	/* Payload length 0 is a jumbogram: its length is in a hop-by-hop
+	 * option; the frame's end is the bound then. */
+	l4->ip_end = bpf_ntohs(ip6h->payload_len) ?
+		((void *)(ip6h + 1) - data) + bpf_ntohs(ip6h->payload_len) :
+		data_end - data;
+	l4->ipv6 = 1;
 	next = ip6h->nexthdr;
 	nh->pos = ip6h + 1;
 
@@ -193,8 +209,15 @@ static __always_inline int parse_udp(struct hdr_cursor *nh, void *data,
 	l4->sport = bpf_ntohs(udph->source);
 	l4->dport = bpf_ntohs(udph->dest);
 	l4->udp_off = (void *)(udph + 1) - data;
-	/* A length below the header's own is malformed; the stack drops it. */
-	l4->payload_len = len >= sizeof(*udph) ? len - sizeof(*udph) : 0;
+	if (len == 0 && l4->ipv6)
+		/* Linux takes UDP length 0 over IPv6 as "the rest of the
+		 * packet" (a jumbogram), and delivers it. */
+		l4->payload_len = l4->ip_end > l4->udp_off ?
+			l4->ip_end - l4->udp_off : 0;
+	else
+		/* A length below the header's own is malformed; the stack
+		 * drops it. */
+		l4->payload_len = len >= sizeof(*udph) ? len - sizeof(*udph) : 0;
 	return L4_UDP;
 }
 

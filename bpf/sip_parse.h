@@ -51,6 +51,19 @@ static __always_inline __u64 load8(struct nfg_scratch *s, __u32 i)
 	return w;
 }
 
+/* The 8 bytes `off` (a constant below NFG_SCAN_PAD - 8) after index i.
+ * Only i is masked: past the end of the buffer the load reads the zeroed
+ * slack, never bytes wrapped round from the start. */
+static __always_inline __u64 load8_off(struct nfg_scratch *s, __u32 i,
+				       const int off)
+{
+	__u8 *p = &s->buf[i & NFG_SCAN_MASK] + off;
+	__u64 w;
+
+	asm volatile("%0 = *(u64 *)(%1 + 0)" : "=r"(w) : "r"(p));
+	return w;
+}
+
 static __always_inline __u8 byte_at(struct nfg_scratch *s, __u32 i)
 {
 	return s->buf[i & NFG_SCAN_MASK];
@@ -103,7 +116,7 @@ static __always_inline int is_lws(__u8 c)
  * SP, HT, CR or LF; NFG_LWS_MAX when the first NFG_LWS_MAX bytes all are. */
 static __always_inline __u32 skip_lws(struct nfg_scratch *s, __u32 at)
 {
-	__u64 w0 = load8(s, at), w1 = load8(s, at + 8);
+	__u64 w0 = load8(s, at), w1 = load8_off(s, at, 8);
 	__u64 l0 = bytes_eq(w0, ' ') | bytes_eq(w0, '\t') | bytes_eq(w0, '\r') |
 		   bytes_eq(w0, '\n');
 	__u64 l1 = bytes_eq(w1, ' ') | bytes_eq(w1, '\t') | bytes_eq(w1, '\r') |
@@ -121,7 +134,7 @@ static __always_inline __u32 skip_lws(struct nfg_scratch *s, __u32 at)
  * SP or HT; NFG_LWS_MAX when the first NFG_LWS_MAX bytes all are. */
 static __always_inline __u32 skip_ws(struct nfg_scratch *s, __u32 at)
 {
-	__u64 w0 = load8(s, at), w1 = load8(s, at + 8);
+	__u64 w0 = load8(s, at), w1 = load8_off(s, at, 8);
 	__u64 n0 = ~(bytes_eq(w0, ' ') | bytes_eq(w0, '\t')) & HIGHS;
 	__u64 n1 = ~(bytes_eq(w1, ' ') | bytes_eq(w1, '\t')) & HIGHS;
 
@@ -169,7 +182,7 @@ struct nfg_method {
 static __always_inline int method_at(struct nfg_scratch *s, __u32 at,
 				     __u32 methods)
 {
-	__u64 w = load8(s, at), w2 = load8(s, at + 8);
+	__u64 w = load8(s, at), w2 = load8_off(s, at, 8);
 	/* Up to 9 name bytes + 1 separator: look at the first 10 bytes. */
 	const struct nfg_method table[] = {
 		{ C8('I', 'N', 'V', 'I', 'T', 'E', 0, 0), 0xffffffffffffULL, 6, NFG_M_INVITE },
@@ -253,9 +266,9 @@ static __always_inline void scan_lines_run(struct nfg_scratch *s)
 		}
 		/* 32 bytes a step while no byte is below 0x0e. */
 		m0 = bytes_below(load8(s, pos), 0x0e);
-		m1 = bytes_below(load8(s, pos + 8), 0x0e);
-		m2 = bytes_below(load8(s, pos + 16), 0x0e);
-		m3 = bytes_below(load8(s, pos + 24), 0x0e);
+		m1 = bytes_below(load8_off(s, pos, 8), 0x0e);
+		m2 = bytes_below(load8_off(s, pos, 16), 0x0e);
+		m3 = bytes_below(load8_off(s, pos, 24), 0x0e);
 		if (!(m0 | m1 | m2 | m3)) {
 			s->pos = pos + 32;
 			continue;
@@ -332,7 +345,7 @@ static __always_inline void scan_lines_run(struct nfg_scratch *s)
  * Proxy-Authorization, any case) at `at`, or 0. */
 static __always_inline __u32 credential_name(struct nfg_scratch *s, __u32 at)
 {
-	__u64 w0 = load8(s, at), w1 = load8(s, at + 8) | CASE8;
+	__u64 w0 = load8(s, at), w1 = load8_off(s, at, 8) | CASE8;
 
 	if ((w0 | CASE8) == C8('a', 'u', 't', 'h', 'o', 'r', 'i', 'z') &&
 	    (w1 & 0xffffffffffULL) == C8('a', 't', 'i', 'o', 'n', 0, 0, 0))
@@ -341,7 +354,7 @@ static __always_inline __u32 credential_name(struct nfg_scratch *s, __u32 at)
 	if ((w0 | 0x2020002020202020ULL) ==
 		    C8('p', 'r', 'o', 'x', 'y', '-', 'a', 'u') &&
 	    w1 == C8('t', 'h', 'o', 'r', 'i', 'z', 'a', 't') &&
-	    ((load8(s, at + 16) | CASE8) & 0xffffffULL) ==
+	    ((load8_off(s, at, 16) | CASE8) & 0xffffffULL) ==
 		    C8('i', 'o', 'n', 0, 0, 0, 0, 0))
 		return 19;
 	return 0;
@@ -477,6 +490,10 @@ static __always_inline void find_params_run(struct nfg_scratch *s)
 		pos = s->pos;
 		if (pos >= cr->end) {
 			s->cur = cur + 1;
+			if (cur + 1 >= s->ncred) {
+				s->done = 1;
+				return;
+			}
 			s->pos = s->cred[(cur + 1) & (NFG_MAX_CRED_HDRS - 1)].start;
 			continue;
 		}
@@ -537,7 +554,7 @@ static __always_inline void read_value(struct nfg_scratch *s,
 
 #pragma unroll
 	for (int i = 0; i <= NFG_REALM_MAX / 8; i++) {
-		__u64 m = value_stops(load8(s, v + i * 8), quoted);
+		__u64 m = value_stops(load8_off(s, v, i * 8), quoted);
 
 		if (m) {
 			t = v + i * 8 + lowest_flag(m);

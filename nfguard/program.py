@@ -377,10 +377,14 @@ class Program:
             )
 
     def open_events(self, callback: Callable[[Event], None]) -> None:
-        """Deliver verdict events to callback from poll_events()."""
+        """Deliver verdict events to callback from poll_events(); calling
+        it again replaces the callback."""
+        self._event_cb = callback
+        if self._ring_open:
+            return
 
         def on_event(_ctx, data, _size):
-            callback(self._decode_event(data))
+            self._event_cb(self._decode_event(data))
 
         self.bpf[b"events"].open_ring_buffer(on_event)
         self._ring_open = True
