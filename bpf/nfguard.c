@@ -318,8 +318,7 @@ static __always_inline int stage_state(struct nfg_config **cfg,
 	return *cfg && *s;
 }
 
-/* A packet that passes before any SIP parsing: only counted. This is the
- * path of all non-SIP traffic, so it touches nothing else. */
+/* A packet that passes before any SIP parsing: only counted. */
 static __always_inline int count_pass(__u32 reason)
 {
 	__u64 *count = counters.lookup(&reason);
@@ -327,6 +326,19 @@ static __always_inline int count_pass(__u32 reason)
 	if (count)
 		(*count)++;
 	return XDP_PASS;
+}
+
+/* Traffic that is not UDP to a guarded port is none of nfguard's business
+ * and passes untouched: counting it would cost every packet of the host a
+ * map update. Loads for tests and replay (NFG_COUNT_ALL) count it too, so
+ * that every reason can be observed. */
+static __always_inline int pass_through(__u32 reason)
+{
+#ifdef NFG_COUNT_ALL
+	return count_pass(reason);
+#else
+	return XDP_PASS;
+#endif
 }
 
 /* Stage 0, the program attached to the interface: L2-L4, ports, trusted
@@ -340,30 +352,58 @@ int nfguard_xdp(struct xdp_md *ctx)
 	struct nfg_config *cfg;
 	struct nfg_scratch *s;
 	struct l4_info l4;
+	struct udphdr *udph = NULL;
+	void *l3;
 	__u32 reason, port_word;
 	__u64 *port_bits;
 	__be16 proto;
 	int r;
 
+	/* Fast path for the commonest frame: untagged IPv4 without options,
+	 * not fragmented, UDP to a port that is not guarded. */
+	if (data + ETH_HLEN + sizeof(struct iphdr) + sizeof(struct udphdr) <= data_end) {
+		struct ethhdr *eth = data;
+		struct iphdr *iph = data + ETH_HLEN;
+		struct udphdr *uh = data + ETH_HLEN + sizeof(struct iphdr);
+
+		if (eth->h_proto == bpf_htons(ETH_P_IP) &&
+		    *(__u8 *)iph == 0x45 && iph->protocol == IPPROTO_UDP &&
+		    !(iph->frag_off & bpf_htons(0x3fff)) &&
+		    bpf_ntohs(iph->tot_len) >= sizeof(struct iphdr)) {
+			port_word = bpf_ntohs(uh->dest) / 64;
+			port_bits = ports.lookup(&port_word);
+			if (!port_bits ||
+			    !((*port_bits >> (bpf_ntohs(uh->dest) % 64)) & 1))
+				return pass_through(NFG_R_PORT_NOT_GUARDED);
+		}
+	}
+
 	l4.first_fragment = 0;
 	l4.ipv6 = 0;
 	if (parse_ethhdr(&nh, data_end, &proto) < 0)
-		return count_pass(NFG_R_NOT_IP);
+		return pass_through(NFG_R_NOT_IP);
+	l3 = nh.pos;
 	if (proto == bpf_htons(ETH_P_IP))
-		r = parse_ipv4(&nh, data, data_end, &l4, &reason);
+		r = parse_ipv4(&nh, data_end, &l4, &reason);
 	else if (proto == bpf_htons(ETH_P_IPV6))
-		r = parse_ipv6(&nh, data, data_end, &l4, &reason);
+		r = parse_ipv6(&nh, data_end, &l4, &reason);
 	else
-		return count_pass(NFG_R_NOT_IP);
+		return pass_through(NFG_R_NOT_IP);
 	if (r == L4_PASS)
-		return count_pass(reason);
+		return reason == NFG_R_LATER_FRAGMENT ? count_pass(reason)
+						      : pass_through(reason);
 	if (r == L4_UDP) {
-		if (parse_udp(&nh, data, data_end, &l4, &reason) != L4_UDP)
-			return count_pass(reason);
+		udph = nh.pos;
+		if (parse_udp(&nh, data_end, &l4, &reason) != L4_UDP)
+			return pass_through(reason);
 		port_word = l4.dport / 64;
 		port_bits = ports.lookup(&port_word);
 		if (!port_bits || !((*port_bits >> (l4.dport % 64)) & 1))
-			return count_pass(NFG_R_PORT_NOT_GUARDED);
+			return pass_through(NFG_R_PORT_NOT_GUARDED);
+	}
+	if (l4_details(l3, udph, data, data_end, &l4) < 0)
+		return pass_through(NFG_R_NOT_IP);
+	if (r == L4_UDP) {
 		__builtin_memcpy(lpm.addr, l4.saddr, 16);
 		if (trusted.lookup(&lpm))
 			return count_pass(NFG_R_TRUSTED);
@@ -373,11 +413,6 @@ int nfguard_xdp(struct xdp_md *ctx)
 	 * extension header chain): the stages share its state per CPU. */
 	if (!stage_state(&cfg, &s))
 		return XDP_PASS;
-	if (r != L4_UDP) {
-		/* No UDP header was read: nothing of it may go into events. */
-		l4.sport = l4.dport = 0;
-		l4.udp_off = l4.payload_len = 0;
-	}
 	s->l4 = l4;
 	s->last_has_key = 0;
 	s->last_seq++;

@@ -59,12 +59,11 @@ static __always_inline int parse_ethhdr(struct hdr_cursor *nh, void *data_end,
 	return 0;
 }
 
-static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data,
-				      void *data_end, struct l4_info *l4,
-				      __u32 *reason)
+static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end,
+				      struct l4_info *l4, __u32 *reason)
 {
 	struct iphdr *iph = nh->pos;
-	__u32 hlen, tot_len, ip_payload;
+	__u32 hlen, tot_len;
 	__u16 frag;
 
 	if ((void *)(iph + 1) > data_end || iph->version != 4) {
@@ -89,17 +88,6 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data,
 		return L4_PASS;
 	}
 	l4->first_fragment = !!(frag & 0x2000);
-	/* The packet ends where its length says, not where the frame does
-	 * (Ethernet pads short frames). Reassembly drops the last 1-7 bytes
-	 * of a non-last fragment: they never reach the socket. */
-	ip_payload = tot_len - hlen;
-	if (l4->first_fragment)
-		ip_payload &= ~7u;
-	l4->ip_end = ((void *)iph - data) + hlen + ip_payload;
-	__builtin_memset(l4->saddr, 0, 10);
-	l4->saddr[10] = 0xff;
-	l4->saddr[11] = 0xff;
-	__builtin_memcpy(&l4->saddr[12], &iph->saddr, 4);
 	nh->pos += hlen;
 	return L4_UDP;
 }
@@ -116,9 +104,8 @@ struct ipv6_frag_hdr_min {
 	__be32 identification;
 };
 
-static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data,
-				      void *data_end, struct l4_info *l4,
-				      __u32 *reason)
+static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
+				      struct l4_info *l4, __u32 *reason)
 {
 	struct ipv6hdr *ip6h = nh->pos;
 	__u8 next;
@@ -127,12 +114,6 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data,
 		*reason = NFG_R_NOT_IP;
 		return L4_PASS;
 	}
-	__builtin_memcpy(l4->saddr, &ip6h->saddr, 16);
-	/* Payload length 0 is a jumbogram: its length is in a hop-by-hop
-	 * option; the frame's end is the bound then. */
-	l4->ip_end = bpf_ntohs(ip6h->payload_len) ?
-		((void *)(ip6h + 1) - data) + bpf_ntohs(ip6h->payload_len) :
-		data_end - data;
 	l4->ipv6 = 1;
 	next = ip6h->nexthdr;
 	nh->pos = ip6h + 1;
@@ -194,20 +175,66 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data,
 	return L4_PASS;
 }
 
-static __always_inline int parse_udp(struct hdr_cursor *nh, void *data,
-				     void *data_end, struct l4_info *l4,
-				     __u32 *reason)
+static __always_inline int parse_udp(struct hdr_cursor *nh, void *data_end,
+				     struct l4_info *l4, __u32 *reason)
 {
 	struct udphdr *udph = nh->pos;
-	__u16 len;
 
 	if ((void *)(udph + 1) > data_end) {
 		*reason = NFG_R_NOT_UDP;
 		return L4_PASS;
 	}
+	l4->dport = bpf_ntohs(udph->dest);
+	return L4_UDP;
+}
+
+/* The rest of what the stages need, read only once the datagram turned out
+ * to be for a guarded port (most traffic never needs it): the source
+ * address, where the IP packet ends, and (udph not NULL) the UDP header. */
+static __always_inline int l4_details(void *l3, struct udphdr *udph,
+				      void *data, void *data_end,
+				      struct l4_info *l4)
+{
+	__u32 len;
+
+	if (l4->ipv6) {
+		struct ipv6hdr *ip6h = l3;
+
+		if ((void *)(ip6h + 1) > data_end)
+			return -1;
+		__builtin_memcpy(l4->saddr, &ip6h->saddr, 16);
+		/* Payload length 0 is a jumbogram: its length is in a
+		 * hop-by-hop option; the frame's end is the bound then. */
+		len = bpf_ntohs(ip6h->payload_len);
+		l4->ip_end = len ? ((void *)(ip6h + 1) - data) + len
+				 : data_end - data;
+	} else {
+		struct iphdr *iph = l3;
+
+		if ((void *)(iph + 1) > data_end)
+			return -1;
+		__builtin_memset(l4->saddr, 0, 10);
+		l4->saddr[10] = 0xff;
+		l4->saddr[11] = 0xff;
+		__builtin_memcpy(&l4->saddr[12], &iph->saddr, 4);
+		/* The packet ends where its length says, not where the frame
+		 * does (Ethernet pads short frames). Reassembly drops the
+		 * last 1-7 bytes of a non-last fragment: they never reach the
+		 * socket. parse_ipv4() checked tot_len >= ihl * 4. */
+		len = bpf_ntohs(iph->tot_len) - iph->ihl * 4;
+		if (l4->first_fragment)
+			len &= ~7u;
+		l4->ip_end = ((void *)iph - data) + iph->ihl * 4 + len;
+	}
+	if (!udph) {
+		l4->sport = l4->dport = 0;
+		l4->udp_off = l4->payload_len = 0;
+		return 0;
+	}
+	if ((void *)(udph + 1) > data_end)
+		return -1;
 	len = bpf_ntohs(udph->len);
 	l4->sport = bpf_ntohs(udph->source);
-	l4->dport = bpf_ntohs(udph->dest);
 	l4->udp_off = (void *)(udph + 1) - data;
 	if (len == 0 && l4->ipv6)
 		/* Linux takes UDP length 0 over IPv6 as "the rest of the
@@ -218,7 +245,7 @@ static __always_inline int parse_udp(struct hdr_cursor *nh, void *data,
 		/* A length below the header's own is malformed; the stack
 		 * drops it. */
 		l4->payload_len = len >= sizeof(*udph) ? len - sizeof(*udph) : 0;
-	return L4_UDP;
+	return 0;
 }
 
 #endif

@@ -512,27 +512,31 @@ static __always_inline void find_params_run(struct nfg_scratch *s)
 	}
 }
 
-/* 0x80 in the bytes of w that end a value: '"' ',' CR LF, and SP HT for
- * an unquoted value. */
-static __always_inline __u64 value_stops(__u64 w, int quoted)
+/* 0x80 in the bytes of w that end a value. Inside quotes (to sofia-sip)
+ * only '"' and line breaks do; outside quotes ',', SP and HT too, since
+ * sofia-sip splits parameters at commas and compacts whitespace there. */
+static __always_inline __u64 value_stops(__u64 w, int in_quotes)
 {
-	__u64 m = bytes_eq(w, '"') | bytes_eq(w, ',') | bytes_eq(w, '\r') |
-		  bytes_eq(w, '\n');
+	__u64 m = bytes_eq(w, '"') | bytes_eq(w, '\r') | bytes_eq(w, '\n');
 
-	if (!quoted)
-		m |= bytes_eq(w, ' ') | bytes_eq(w, '\t');
+	if (!in_quotes)
+		m |= bytes_eq(w, ',') | bytes_eq(w, ' ') | bytes_eq(w, '\t');
 	return m;
 }
 
 /* Phase 4: read the value after the '=' at eq, the way FreeSWITCH does:
  * skip every leading '"', stop at the next '"' (no unescaping); unquoted,
- * stop at ',' or LWS. A comma or line break inside quotes, a '"' inside
- * an unquoted value, or anything but ',' after the value is ambiguous. */
+ * stop at ',' or LWS. sofia-sip tokenizes first: an odd number of leading
+ * quotes leaves the value inside a quoted string, an even number (""x"")
+ * outside one, where it would split at commas and compact whitespace. So
+ * the quotes around a value must balance, an unquoted-to-sofia value must
+ * hold no ',' SP or HT, no value may hold a line break, and only a ',' or
+ * the end of the header may follow: anything else is ambiguous. */
 static __always_inline void read_value(struct nfg_scratch *s,
 				       struct nfg_cred *cr, __u32 eq,
 				       __u32 max, __u32 *off, __u32 *len)
 {
-	__u32 v, k, quoted, t = 0, found = 0, after;
+	__u32 v, k, quoted, lead, t = 0, found = 0, after;
 	__u8 c;
 
 	v = eq + 1;
@@ -547,6 +551,7 @@ static __always_inline void read_value(struct nfg_scratch *s,
 		goto ambiguous;
 	v += k;
 	quoted = k != 0;
+	lead = k;
 	if (v >= cr->end) {
 		stop(s, NFG_R_CREDENTIAL_UNPARSABLE);
 		return;
@@ -554,7 +559,7 @@ static __always_inline void read_value(struct nfg_scratch *s,
 
 #pragma unroll
 	for (int i = 0; i <= NFG_REALM_MAX / 8; i++) {
-		__u64 m = value_stops(load8_off(s, v, i * 8), quoted);
+		__u64 m = value_stops(load8_off(s, v, i * 8), lead & 1);
 
 		if (m) {
 			t = v + i * 8 + lowest_flag(m);
@@ -582,8 +587,11 @@ static __always_inline void read_value(struct nfg_scratch *s,
 	c = t < cr->end ? byte_at(s, t) : '\n';
 	if (quoted) {
 		if (c != '"')
-			goto ambiguous; /* ',' or a line break inside quotes */
-		after = t + 1;
+			goto ambiguous; /* a line break, ',' or LWS */
+		k = launder(s, skip_quotes(s, t));
+		if (k >= NFG_QUOTES_MAX || ((lead + k) & 1))
+			goto ambiguous; /* unbalanced: sofia-sip's quoting differs */
+		after = t + k;
 	} else {
 		if (c == '"')
 			goto ambiguous;

@@ -173,7 +173,11 @@ def bench_xdp(repeat: int, rounds: int) -> dict:
     from .program import Program
     from .testrun import prog_test_run
 
-    prog = Program()
+    # What is timed is the program as attached (count_all=False: traffic to
+    # other ports is not counted); a twin that counts everything checks
+    # first that every case gets the reason it is meant to measure.
+    prog = Program(count_all=False)
+    checker = None
     bare = None
     try:
         try:
@@ -181,11 +185,13 @@ def bench_xdp(repeat: int, rounds: int) -> dict:
             bare_fd = bare.load_func(b"bare_pass", BPF.XDP).fd
         except Exception as e:  # bcc raises bare Exception
             raise NfguardError(f"compiling the bare XDP_PASS program failed: {e}") from e
-        prog.configure(mode="enforce", action="drop", methods=["INVITE"])
-        prog.set_ports([5060])
-        prog.add_binding(USER, REALM, PHONE_IP)
+        checker = Program(count_all=True)
+        for p in (prog, checker):
+            p.configure(mode="enforce", action="drop", methods=["INVITE"])
+            p.set_ports([5060])
+            p.add_binding(USER, REALM, PHONE_IP)
         cases = xdp_cases()
-        check_cases(prog, cases)
+        check_cases(checker, cases)
         fns: dict[str, Callable[[], int]] = {
             "bare_pass": lambda: prog_test_run(bare_fd, cases[0].frame, repeat=repeat)[1],
         }
@@ -195,6 +201,8 @@ def bench_xdp(repeat: int, rounds: int) -> dict:
             best = best_of(fns, rounds)
     finally:
         prog.close()
+        if checker is not None:
+            checker.close()
         if bare is not None:
             bare.cleanup()
     bare_ns = best["bare_pass"]

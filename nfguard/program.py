@@ -151,7 +151,13 @@ class Event:
 class Program:
     """One load of the nfguard BPF programs and their maps."""
 
-    def __init__(self, pin_dir: str | None = None, cflags: Iterable[str] = ()):
+    def __init__(self, pin_dir: str | None = None, cflags: Iterable[str] = (),
+                 count_all: bool | None = None):
+        """pin_dir: pin the state maps there (the daemon); None: private maps.
+        count_all: also count traffic that is not UDP to a guarded port
+        (not_ip, not_udp, port_not_guarded), which the attached program
+        skips to keep the path of all other traffic short; test_run() needs
+        it to name those reasons. Default: on without a pin_dir."""
         if os.geteuid() != 0:
             raise NfguardError("loading BPF programs needs root (CAP_BPF and CAP_NET_ADMIN)")
         require_headers()
@@ -166,6 +172,9 @@ class Program:
         self._BPF = BPF
         self.pin_dir = pin_dir
         flags = ["-I" + bpf_source_dir(), "-Wno-unused-value"] + list(cflags)
+        self.count_all = pin_dir is None if count_all is None else count_all
+        if self.count_all:
+            flags.append("-DNFG_COUNT_ALL")
         if pin_dir:
             ensure_bpffs(pin_dir)
             flags.append(f'-DNFG_PIN_DIR="{pin_dir}"')
@@ -434,6 +443,8 @@ class Program:
             if len(moved) == 1 and moved[0][2] == 1:
                 break
         else:
+            if not moved and retval == XDP_PASS and not self.count_all:
+                raise NfguardError("test_run() needs a program loaded with count_all=True")
             raise NfguardError("could not tell which reason the test run counted")
         reason_id, cpu, _ = moved[0]
         reason = consts.REASONS[reason_id]

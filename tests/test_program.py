@@ -173,3 +173,24 @@ def test_missing_headers_give_one_clear_line(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert "linux-headers-" in out.stdout and "not found" in out.stdout
+
+
+def test_attached_build_skips_counting_other_traffic():
+    """count_all=False (what gets attached) passes traffic to other ports
+    without counting it, and classifies guarded traffic the same."""
+    need_kernel()
+    from nfguard.errors import NfguardError
+
+    p = Program(count_all=False)
+    try:
+        p.configure(mode="enforce")
+        p.set_ports([5060])
+        p.add_binding("1001", "pbx.example.com", "192.0.2.10")
+        assert p.test_run(P.udp_frame(INVITE)).reason == "bound"
+        assert p.test_run(P.udp_frame(INVITE, src="192.0.2.99")).reason == "not_bound"
+        before = p.counters()
+        with pytest.raises(NfguardError, match="count_all"):
+            p.test_run(P.udp_frame(INVITE, dport=5080))
+        assert p.counters() == before
+    finally:
+        p.close()
