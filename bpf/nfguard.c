@@ -35,7 +35,8 @@ static __always_inline __u64 cred_hash_step(__u64 h, __u64 w)
 }
 
 /* Copy len bytes from the buffer at off, lower-cased and zero padded, into
- * `words` 8-byte words at dst, hashing them into *h. */
+ * `words` 8-byte words at dst, hashing the words that hold bytes, then the
+ * length, into *h. */
 static __always_inline void copy_lower(struct nfg_scratch *s, __u64 *dst,
 				       __u32 off, __u32 len, const int words,
 				       __u64 *h)
@@ -48,10 +49,24 @@ static __always_inline void copy_lower(struct nfg_scratch *s, __u64 *dst,
 			w = lower8(load8_off(s, off, i * 8));
 			if (len - i * 8 < 8)
 				w &= (1ULL << ((len - i * 8) * 8)) - 1;
+			*h = cred_hash_step(*h, w);
 		}
 		dst[i] = w;
-		*h = cred_hash_step(*h, w);
 	}
+	*h = cred_hash_step(*h, len);
+}
+
+/* Do the first len bytes of words a and b (zero padded) differ? */
+static __always_inline __u64 words_differ(__u64 *a, __u64 *b, __u32 len,
+					  const int words)
+{
+	__u64 diff = 0;
+
+#pragma unroll
+	for (int i = 0; i < words; i++)
+		if (i * 8 < len)
+			diff |= a[i] ^ b[i];
+	return diff;
 }
 
 /* Is the credential of header c bound to the source address? */
@@ -60,8 +75,7 @@ static __always_inline __u32 lookup_cred(struct nfg_scratch *s,
 					 struct nfg_cred *cr, __u8 *saddr)
 {
 	struct nfg_binding_val *val;
-	__u64 h = cfg->cred_seed, diff = 0;
-	__u64 *a, *b;
+	__u64 h = cfg->cred_seed;
 
 	copy_lower(s, (__u64 *)s->key.user, cr->user_off, cr->user_len,
 		   NFG_USER_MAX / 8, &h);
@@ -74,13 +88,13 @@ static __always_inline __u32 lookup_cred(struct nfg_scratch *s,
 	val = bindings.lookup(&s->bkey);
 	if (!val)
 		return NFG_R_NOT_BOUND;
-	a = (__u64 *)&val->cred;
-	b = (__u64 *)&s->key;
-#pragma unroll
-	for (int i = 0; i < sizeof(struct nfg_cred_id) / 8; i++)
-		diff |= a[i] ^ b[i];
-	if (diff)
-		return NFG_R_NOT_BOUND; /* another credential with the same hash */
+	/* The hash picked the entry; the credentials decide. */
+	if (val->user_len != cr->user_len || val->realm_len != cr->realm_len ||
+	    words_differ((__u64 *)val->cred.user, (__u64 *)s->key.user,
+			 cr->user_len, NFG_USER_MAX / 8) ||
+	    words_differ((__u64 *)val->cred.realm, (__u64 *)s->key.realm,
+			 cr->realm_len, NFG_REALM_MAX / 8))
+		return NFG_R_NOT_BOUND;
 	if (val->expires_ns <= bpf_ktime_get_boot_ns())
 		return NFG_R_EXPIRED;
 	return NFG_R_BOUND;
@@ -222,7 +236,9 @@ static __always_inline int event_allowed(struct nfg_config *cfg)
 
 	if (!rl || !cfg->events_per_sec)
 		return 0;
-	now = bpf_ktime_get_boot_ns();
+	/* The coarse clock is enough for a rate and far cheaper: under a
+	 * flood every dropped packet passes here. */
+	now = bpf_ktime_get_coarse_ns();
 	add = (now - rl->last_ns) / (1000000000ULL / cfg->events_per_sec + 1);
 	if (add) {
 		rl->tokens += add;

@@ -12,7 +12,9 @@ struct nfg_cred_id {
 	char realm[NFG_REALM_MAX];
 } __attribute__((aligned(8)));
 
-/* A binding is keyed by a seeded 64-bit hash of its credentials and the
+/* A binding is keyed by a seeded 64-bit hash of its credentials (the words
+ * holding bytes of each, then its length: cred_hash() in nfguard/program.py)
+ * and the
  * address (IPv6, or IPv4 mapped into ::ffff:0:0/96); the value holds the
  * credentials themselves, compared in full after the lookup. A 24-byte key
  * hashes in a fraction of the time of a 208-byte one, and the full compare
@@ -24,6 +26,8 @@ struct nfg_binding_key {
 
 struct nfg_binding_val {
 	__u64 expires_ns; /* CLOCK_BOOTTIME; checked by the program itself */
+	__u32 user_len;
+	__u32 realm_len;
 	struct nfg_cred_id cred;
 };
 

@@ -255,7 +255,7 @@ static __always_inline void scan_lines_run(struct nfg_scratch *s)
 	for (int i = 0; i < NFG_STEPS_PER_CALL; i++) {
 		__u32 pos, n, t, nx, nl, k;
 		__u64 m0, m1, m2, m3;
-		__u8 c, d;
+		__u8 c, d, d2;
 
 		NFG_BARRIER();
 		pos = s->pos;
@@ -328,8 +328,12 @@ static __always_inline void scan_lines_run(struct nfg_scratch *s)
 		}
 		if (d == ' ' || d == '\t')
 			continue; /* a fold: the header goes on */
+		/* Only Authorization and Proxy-Authorization matter: a line
+		 * is a candidate when its first two bytes are "au" or "pr" in
+		 * any case (Allow, Accept and P- headers are not). */
+		d2 = byte_at(s, nx + 1) | 0x20;
 		d |= 0x20;
-		s->open = d == 'a' || d == 'p';
+		s->open = (d == 'a' && d2 == 'u') || (d == 'p' && d2 == 'r');
 		if (!s->open)
 			continue;
 		if (nl >= NFG_MAX_LINES) {
@@ -478,7 +482,7 @@ static __always_inline void find_params_run(struct nfg_scratch *s)
 	for (int i = 0; i < NFG_STEPS_PER_CALL; i++) {
 		struct nfg_cred *cr;
 		__u32 cur, pos, t;
-		__u64 w, m;
+		__u64 w, m, m1, m2, m3;
 
 		NFG_BARRIER();
 		cur = s->cur;
@@ -499,11 +503,25 @@ static __always_inline void find_params_run(struct nfg_scratch *s)
 		}
 		w = load8(s, pos) | CASE8;
 		m = bytes_eq(w, 'u') | bytes_eq(w, 'r');
-		if (!m) {
-			s->pos = pos + 8;
+		w = load8_off(s, pos, 8) | CASE8;
+		m1 = bytes_eq(w, 'u') | bytes_eq(w, 'r');
+		w = load8_off(s, pos, 16) | CASE8;
+		m2 = bytes_eq(w, 'u') | bytes_eq(w, 'r');
+		w = load8_off(s, pos, 24) | CASE8;
+		m3 = bytes_eq(w, 'u') | bytes_eq(w, 'r');
+		if (!(m | m1 | m2 | m3)) {
+			s->pos = pos + 32;
 			continue;
 		}
-		t = pos + lowest_flag(m);
+		if (m)
+			t = pos + lowest_flag(m);
+		else if (m1)
+			t = pos + 8 + lowest_flag(m1);
+		else if (m2)
+			t = pos + 16 + lowest_flag(m2);
+		else
+			t = pos + 24 + lowest_flag(m3);
+		t = launder(s, t);
 		s->pos = t + 1;
 		if (t < cr->end)
 			param_candidate(s, cr, t);

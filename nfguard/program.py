@@ -89,14 +89,29 @@ _MASK64 = (1 << 64) - 1
 
 
 def cred_hash(seed: int, user: bytes, realm: bytes) -> int:
-    """The credential hash of the bindings map key; the twin of
-    cred_hash_step() in bpf/nfguard.c, over the zero-padded credentials."""
-    data = user.ljust(consts.USER_MAX, b"\0") + realm.ljust(consts.REALM_MAX, b"\0")
+    """The credential hash of the bindings map key; the twin of copy_lower()
+    in bpf/nfguard.c: the 8-byte words holding bytes of the (lower-cased)
+    user, its length, then the same for the realm."""
     h = seed
-    for (w,) in struct.iter_unpack("<Q", data):
+
+    def step(w: int) -> None:
+        nonlocal h
         h = ((h ^ w) * 0x9E3779B97F4A7C15) & _MASK64
         h ^= h >> 29
+
+    for value in (user, realm):
+        padded = value.ljust(-(-len(value) // 8) * 8, b"\0")
+        for (w,) in struct.iter_unpack("<Q", padded):
+            step(w)
+        step(len(value))
     return h
+
+
+def _holds(val, user: bytes, realm: bytes) -> bool:
+    """Does a bindings map value hold exactly these credentials?"""
+    return (val.user_len == len(user) and val.realm_len == len(realm)
+            and bytes(val.cred.user)[: len(user)] == user
+            and bytes(val.cred.realm)[: len(realm)] == realm)
 
 
 def check_credential(user: str, realm: str) -> tuple[bytes, bytes]:
@@ -343,13 +358,14 @@ class Program:
                 NO_EXPIRY if expires_in is None else boottime_ns() + int(expires_in * 1e9)
             )
         existing = self._bindings.get(key)
-        if existing is not None and (bytes(existing.cred.user) != u.ljust(consts.USER_MAX, b"\0")
-                                     or bytes(existing.cred.realm) != r.ljust(consts.REALM_MAX, b"\0")):
+        if existing is not None and not _holds(existing, u, r):
             raise ValueError(
                 f"{user}@{realm} at {ip}: another credential holds the same hash slot"
             )
         val = self._bindings.Leaf()
         val.expires_ns = max(0, min(expires_ns, NO_EXPIRY))
+        val.user_len = len(u)
+        val.realm_len = len(r)
         val.cred.user = u
         val.cred.realm = r
         self._bindings[key] = val
@@ -357,15 +373,16 @@ class Program:
     def remove_binding(self, user: str, realm: str, ip: str) -> bool:
         key, u, r = self._binding_key(user, realm, ip)
         existing = self._bindings.get(key)
-        if existing is None or bytes(existing.cred.user).rstrip(b"\0") != u or \
-                bytes(existing.cred.realm).rstrip(b"\0") != r:
+        if existing is None or not _holds(existing, u, r):
             return False
         del self._bindings[key]
         return True
 
     def bindings(self) -> list[Binding]:
         return [
-            Binding(_cstr(v.cred.user), _cstr(v.cred.realm), addr_str(k.addr), v.expires_ns)
+            Binding(bytes(v.cred.user)[: v.user_len].decode("utf-8", "replace"),
+                    bytes(v.cred.realm)[: v.realm_len].decode("utf-8", "replace"),
+                    addr_str(k.addr), v.expires_ns)
             for k, v in self._bindings.items()
         ]
 

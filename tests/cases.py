@@ -301,10 +301,10 @@ def spec_param_steps(payload: bytes) -> int:
                 return steps
             pos = hdrs[k][0]
             continue
-        win = low[pos:pos + 8]
+        win = low[pos:pos + 32]
         idx = min((j for j in (win.find(b"u"), win.find(b"r")) if j >= 0), default=-1)
         if idx < 0:
-            pos += 8
+            pos += 32
         else:
             pos += idx + 1
 
@@ -324,9 +324,9 @@ def with_line_steps(target: int, *after_tabs: str) -> bytes:
 
 def with_param_steps(target: int) -> bytes:
     """An INVITE whose credential header takes exactly `target` parameter
-    steps: an opaque value of 'u' (one step each) and 'x' (1/8 step)."""
+    steps: an opaque value of 'u' (one step each) and 'x' (1/32 step)."""
     for k in range(target + 16):
-        for pad in range(8):
+        for pad in range(32):
             m = msg(pa(digest() + ', opaque="' + "x" * pad + "u" * k + '"'))
             if spec_param_steps(m) == target:
                 return m
@@ -930,12 +930,18 @@ case("udp_length_zero_ipv6_jumbo", v6(udp_raw(OTHER6, DST6, msg(pa()), length=0)
           "delivers the INVITE; the spec makes payload_len 0 -> method_not_guarded")
 
 # 18. Scan limits (default build) ------------------------------------------------------------
-_allow = tuple(f"Allow-{i}: x" for i in range(63))
-case("candidate_lines_64_with_credential_last", f_inv(*_allow, pa(), after=(), src=OTHER),
+# Candidate lines start with "au" or "pr" in any case (the first two bytes
+# of Authorization and Proxy-Authorization); Allow, Accept and P- headers
+# are not candidates and not counted.
+_cand = tuple(f"Proxy-Require-{i}: x" if i % 2 else f"AUTH-X{i}: x" for i in range(63))
+case("candidate_lines_64_with_credential_last", f_inv(*_cand, pa(), after=(), src=OTHER),
      "not_bound", **UR)
-case("candidate_lines_65", f_inv(*_allow, "Accept: y", pa(), after=(), src=OTHER), "scan_limit")
-case("candidate_lines_65_no_credentials", f_inv(*_allow, "Accept: y", "Allow: z", after=()),
+case("candidate_lines_65", f_inv(*_cand, "Priority: y", pa(), after=(), src=OTHER), "scan_limit")
+case("candidate_lines_65_no_credentials", f_inv(*_cand, "Priority: y", "Privacy: z", after=()),
      "scan_limit")
+case("allow_accept_p_lines_not_counted", f_inv(
+     *(f"Allow-{i}: x" for i in range(40)), *(f"Accept-{i}: x" for i in range(40)),
+     *(f"P-Header-{i}: x" for i in range(40)), pa(), src=OTHER), "not_bound", **UR)
 case("other_lines_not_counted", f_inv(*(f"X-H{i}: x" for i in range(150)), pa(), src=OTHER),
      "not_bound", **UR)
 case("line_steps_400_tabs", f_inv("X-Tabs: " + "\t" * 400, pa(), src=OTHER), "not_bound", **UR)
