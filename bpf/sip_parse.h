@@ -577,8 +577,12 @@ static __always_inline void read_value(struct nfg_scratch *s,
 
 #pragma unroll
 	for (int i = 0; i <= NFG_REALM_MAX / 8; i++) {
-		__u64 m = value_stops(load8_off(s, v, i * 8), lead & 1);
+		__u64 w = load8_off(s, v, i * 8), m;
 
+		/* Every stop byte is below '-': most words have none. */
+		if (!bytes_below(w, '-'))
+			continue;
+		m = value_stops(w, lead & 1);
 		if (m) {
 			t = v + i * 8 + lowest_flag(m);
 			found = 1;
