@@ -115,6 +115,8 @@ struct nfg_scratch {
 	struct nfg_cred cred[NFG_MAX_CRED_HDRS];
 	struct nfg_cred_id key;     /* last credentials looked up */
 	struct nfg_binding_key bkey; /* their map key */
+	__u64 clock_coarse; /* boot_now(): when the offset was last read */
+	__u64 clock_offset; /* boot_now(): boot time - coarse monotonic */
 	/* The last verdict on this CPU, read back by test_run(). */
 	__u32 last_reason;
 	__u32 last_action;
