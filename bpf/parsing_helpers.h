@@ -153,7 +153,8 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
 				*reason = NFG_R_LATER_FRAGMENT;
 				return L4_PASS;
 			}
-			l4->first_fragment = bpf_ntohs(fh->frag_off) & 1;
+			/* Any Fragment header with M set: more follows. */
+			l4->first_fragment |= bpf_ntohs(fh->frag_off) & 1;
 			next = fh->nexthdr;
 			nh->pos = fh + 1;
 			break;
