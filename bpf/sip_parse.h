@@ -159,6 +159,19 @@ static __always_inline void stop(struct nfg_scratch *s, __u32 reason)
 	s->done = 2;
 }
 
+/* Steps are counted a call at a time: the limits are multiples of
+ * NFG_STEPS_PER_CALL, so this allows exactly `limit` steps. 0 (and the
+ * scan_limit verdict) when none are left. */
+static __always_inline int take_steps(struct nfg_scratch *s, __u32 limit)
+{
+	if (s->steps >= limit) {
+		stop(s, NFG_R_SCAN_LIMIT);
+		return 0;
+	}
+	s->steps += NFG_STEPS_PER_CALL;
+	return 1;
+}
+
 /* Pass v through the scratch map: the compiler cannot specialise the code
  * after it for each path that computed v, and the verifier sees one
  * unknown scalar, so paths that differ only in v converge here. */
@@ -244,13 +257,8 @@ static __always_inline void scan_lines_init(struct nfg_scratch *s, __u32 first)
  * small). */
 static __always_inline void scan_lines_run(struct nfg_scratch *s)
 {
-	/* Steps are counted a call at a time: NFG_LINE_STEPS is a multiple of
-	 * NFG_STEPS_PER_CALL, so this allows exactly NFG_LINE_STEPS. */
-	if (s->steps >= NFG_LINE_STEPS) {
-		stop(s, NFG_R_SCAN_LIMIT);
+	if (!take_steps(s, NFG_LINE_STEPS))
 		return;
-	}
-	s->steps += NFG_STEPS_PER_CALL;
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < NFG_STEPS_PER_CALL; i++) {
 		__u32 pos, n, t, nx, nl, k;
@@ -472,12 +480,8 @@ static __always_inline void find_params_init(struct nfg_scratch *s)
  * are due (the caller tail-calls to go on). */
 static __always_inline void find_params_run(struct nfg_scratch *s)
 {
-	/* Counted a call at a time, as in scan_lines_run(). */
-	if (s->steps >= NFG_PARAM_STEPS) {
-		stop(s, NFG_R_SCAN_LIMIT);
+	if (!take_steps(s, NFG_PARAM_STEPS))
 		return;
-	}
-	s->steps += NFG_STEPS_PER_CALL;
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < NFG_STEPS_PER_CALL; i++) {
 		struct nfg_cred *cr;

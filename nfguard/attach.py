@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 from typing import NamedTuple
@@ -38,6 +37,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_SETLINK
 
 from .errors import AttachError
+from .libbpf import lib
 
 XDP_PROG_NAME = "nfguard_xdp"
 TC_PROG_NAME = "nfguard_tc"
@@ -130,27 +130,6 @@ class _ProgInfo(ctypes.Structure):
     ]
 
 
-_libbpf = None
-
-
-def _lib():
-    global _libbpf
-    if _libbpf is None:
-        name = ctypes.util.find_library("bpf") or "libbpf.so.1"
-        try:
-            lib = ctypes.CDLL(name, use_errno=True)
-        except OSError as e:
-            raise AttachError(f"libbpf not found ({e}): install libbpf1") from e
-        lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
-        lib.bpf_prog_get_fd_by_id.restype = ctypes.c_int
-        lib.bpf_obj_get_info_by_fd.argtypes = [
-            ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)
-        ]
-        lib.bpf_obj_get_info_by_fd.restype = ctypes.c_int
-        _libbpf = lib
-    return _libbpf
-
-
 def _errno_of(rc: int) -> int:
     return -rc if rc < 0 else (ctypes.get_errno() or errno.EIO)
 
@@ -158,7 +137,7 @@ def _errno_of(rc: int) -> int:
 def prog_fd_by_id(prog_id: int) -> int | None:
     """A new fd for the program with this id (close it), or None when the
     program is gone."""
-    rc = _lib().bpf_prog_get_fd_by_id(prog_id)
+    rc = lib().bpf_prog_get_fd_by_id(prog_id)
     if rc >= 0:
         return rc
     err = _errno_of(rc)
@@ -176,7 +155,7 @@ def prog_info(prog_fd: int) -> tuple[int, str]:
     """(id, name) of the program behind prog_fd."""
     info = _ProgInfo()
     size = ctypes.c_uint32(ctypes.sizeof(info))
-    rc = _lib().bpf_obj_get_info_by_fd(prog_fd, ctypes.byref(info), ctypes.byref(size))
+    rc = lib().bpf_obj_get_info_by_fd(prog_fd, ctypes.byref(info), ctypes.byref(size))
     if rc != 0:
         err = _errno_of(rc)
         raise AttachError(f"cannot read BPF program info: {os.strerror(err)}")

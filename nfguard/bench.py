@@ -171,7 +171,7 @@ def bench_xdp(repeat: int, rounds: int) -> dict:
     from bcc import BPF
 
     from .program import Program
-    from .testrun import prog_test_run
+    from .libbpf import prog_test_run
 
     # What is timed is the program as attached (count_all=False: traffic to
     # other ports is not counted); a twin that counts everything checks

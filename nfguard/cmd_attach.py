@@ -12,7 +12,7 @@ import argparse
 import os
 
 from .errors import AttachError
-from .kernel import BPFFS
+from .kernel import BPFFS, fstype_of
 from .program import DEFAULT_PIN_DIR
 
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
@@ -53,27 +53,11 @@ def _check_privileges() -> None:
         )
 
 
-def _mount_type(path: str) -> str | None:
-    """File system type of the mount that holds path (which may not exist yet)."""
-    path = os.path.realpath(path)
-    best, fstype = "", None
-    try:
-        with open("/proc/self/mounts") as f:
-            for line in f:
-                fields = line.split()
-                mnt = fields[1].replace("\\040", " ")
-                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-                    best, fstype = mnt, fields[2]
-    except OSError:
-        return None
-    return fstype
-
-
 def _check_pin_dir(pin_dir: str) -> None:
     real = os.path.realpath(pin_dir)
     if real.startswith(BPFFS + "/"):
         return  # Program() mounts bpffs there when needed
-    if _mount_type(real) != "bpf":
+    if fstype_of(real) != "bpf":
         raise AttachError(
             f"--pin-dir {pin_dir} is not on a BPF file system: use a directory under {BPFFS}"
         )

@@ -35,7 +35,7 @@ def require_headers() -> str:
     )
 
 
-def _fstype_of(path: str) -> str | None:
+def fstype_of(path: str) -> str | None:
     """Filesystem type of the mount that holds path (which may not exist)."""
     path = os.path.realpath(path)
     best, fstype = "", None
@@ -43,7 +43,7 @@ def _fstype_of(path: str) -> str | None:
         with open("/proc/self/mounts") as f:
             for line in f:
                 fields = line.split()
-                mnt = fields[1]
+                mnt = fields[1].replace("\\040", " ")  # mounts escapes spaces
                 inside = path == mnt or path.startswith(mnt.rstrip("/") + "/")
                 if inside and len(mnt) >= len(best):
                     best, fstype = mnt, fields[2]
@@ -55,7 +55,7 @@ def _fstype_of(path: str) -> str | None:
 def ensure_bpffs(pin_dir: str) -> None:
     """Mount bpffs at /sys/fs/bpf when it is not, and create pin_dir, which
     must be on a BPF filesystem."""
-    if _fstype_of(BPFFS) != "bpf":
+    if fstype_of(BPFFS) != "bpf":
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
@@ -65,7 +65,7 @@ def ensure_bpffs(pin_dir: str) -> None:
                 f"cannot mount the BPF filesystem on {BPFFS}: {os.strerror(err)} "
                 "(run as root, or mount it: mount -t bpf bpf /sys/fs/bpf)"
             )
-    if _fstype_of(pin_dir) != "bpf":
+    if fstype_of(pin_dir) != "bpf":
         raise NfguardError(f"pin directory {pin_dir} is not on a BPF filesystem "
                            f"(use a directory under {BPFFS})")
     os.makedirs(pin_dir, mode=0o700, exist_ok=True)

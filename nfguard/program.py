@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 from . import consts
 from .errors import CompileError, NfguardError
 from .kernel import ensure_bpffs, require_headers
-from .testrun import obj_pin, prog_test_run
+from .libbpf import obj_pin, prog_test_run
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/nfguard"
 NO_EXPIRY = (1 << 64) - 1

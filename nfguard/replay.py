@@ -39,8 +39,6 @@ not reasons of the program (consts.REASONS):
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import importlib.util
 import ipaddress
 import json
@@ -256,16 +254,12 @@ def xdp_test_run_limit() -> int | None:
     """The largest frame BPF_PROG_TEST_RUN hands an XDP program whole (its
     linear data), found with a four-instruction program that returns
     data_end - data; None when that cannot be found out."""
-    from .testrun import prog_test_run
+    from .libbpf import lib, prog_test_run
 
     try:
-        lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
-        load = lib.bpf_prog_load
-    except (OSError, AttributeError):
+        load = lib().bpf_prog_load
+    except (NfguardError, AttributeError):
         return None
-    load.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                     ctypes.c_size_t, ctypes.c_void_p]
-    load.restype = ctypes.c_int
     insns = (
         _insn(0x61, 2, 1, 0)  # r2 = ctx->data
         + _insn(0x61, 0, 1, 4)  # r0 = ctx->data_end

@@ -885,7 +885,7 @@ class TestReference:
         msg = auth_msg('Digest username="1001", realm="pbx.example.com"',
                        header="Proxy-Authorization x")
         assert ref(msg).reason == "credential_unparsable"
-        five = [f'Authorization: Digest username="1001", realm="pbx.example.com"'] * 5
+        five = ['Authorization: Digest username="1001", realm="pbx.example.com"'] * 5
         assert ref(packets.sip_request(auth="", extra_headers=five)).reason == "too_many_credentials"
         four = five[:3]
         assert ref(packets.sip_request(extra_headers=four)).reason == "bound"

@@ -1,5 +1,6 @@
-"""Calls into the system libbpf that bcc 0.26 lacks: BPF_PROG_TEST_RUN and
-bpf_obj_pin (through ctypes)."""
+"""The system libbpf (libbpf1) through ctypes, for what bcc 0.26 lacks:
+BPF_PROG_TEST_RUN, pinning, program lookup by id and raw program loads.
+One loader, so every caller gets the same signatures and error."""
 
 import ctypes
 import ctypes.util
@@ -32,19 +33,29 @@ class _TestRunOpts(ctypes.Structure):
 _libbpf = None
 
 
-def _lib():
+def lib():
+    """libbpf.so.1 with the signatures nfguard uses."""
     global _libbpf
     if _libbpf is None:
         name = ctypes.util.find_library("bpf") or "libbpf.so.1"
         try:
-            lib = ctypes.CDLL(name, use_errno=True)
+            so = ctypes.CDLL(name, use_errno=True)
         except OSError as e:
             raise NfguardError(f"libbpf not found ({e}): install libbpf1") from e
-        lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
-        lib.bpf_prog_test_run_opts.restype = ctypes.c_int
-        lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
-        lib.bpf_obj_pin.restype = ctypes.c_int
-        _libbpf = lib
+        so.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
+        so.bpf_prog_test_run_opts.restype = ctypes.c_int
+        so.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
+        so.bpf_obj_pin.restype = ctypes.c_int
+        so.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+        so.bpf_prog_get_fd_by_id.restype = ctypes.c_int
+        so.bpf_obj_get_info_by_fd.argtypes = [
+            ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)
+        ]
+        so.bpf_obj_get_info_by_fd.restype = ctypes.c_int
+        so.bpf_prog_load.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
+                                     ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p]
+        so.bpf_prog_load.restype = ctypes.c_int
+        _libbpf = so
     return _libbpf
 
 
@@ -63,7 +74,7 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> tuple[int, int,
         data_size_out=out_size,
         repeat=repeat,
     )
-    rc = _lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))
+    rc = lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))
     if rc != 0:
         err = -rc if rc < 0 else ctypes.get_errno()
         raise NfguardError(f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
@@ -72,7 +83,7 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> tuple[int, int,
 
 def obj_pin(fd: int, path: str) -> None:
     """Pin a BPF map or program on bpffs."""
-    rc = _lib().bpf_obj_pin(fd, path.encode())
+    rc = lib().bpf_obj_pin(fd, path.encode())
     if rc != 0:
         err = -rc if rc < 0 else ctypes.get_errno()
         raise NfguardError(f"cannot pin {path}: {os.strerror(err)}")
