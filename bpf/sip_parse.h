@@ -262,8 +262,8 @@ static __always_inline void scan_lines_run(struct nfg_scratch *s)
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < NFG_STEPS_PER_CALL; i++) {
 		__u32 pos, n, t, nx, nl, k;
-		__u64 m0, m1, m2, m3;
-		__u8 c, d, d2;
+		__u64 m0, m1, m2, m3, w;
+		__u8 c, c2, d, d2;
 
 		NFG_BARRIER();
 		pos = s->pos;
@@ -294,7 +294,19 @@ static __always_inline void scan_lines_run(struct nfg_scratch *s)
 			stop(s, NFG_R_HEADERS_TRUNCATED);
 			return;
 		}
-		c = byte_at(s, t);
+		/* The commonest line end by far: CRLF, then the name of a
+		 * header that cannot be a credential header, while no
+		 * credential header is open and the request line is behind.
+		 * Everything below would only move pos past the CRLF. */
+		w = load8(s, t);
+		c2 = (w >> 16) & 0xff;
+		if ((w & 0xffff) == 0x0a0d && t + 2 < n &&
+		    !(s->open | s->req_line) && is_token(c2) &&
+		    (c2 | 0x20) != 'a' && (c2 | 0x20) != 'p') {
+			s->pos = t + 2;
+			continue;
+		}
+		c = w & 0xff;
 		if (c != '\r' && c != '\n') {
 			s->pos = t + 1; /* HT or another control byte */
 			continue;
