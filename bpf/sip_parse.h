@@ -174,7 +174,9 @@ static __always_inline int take_steps(struct nfg_scratch *s, __u32 limit)
 
 /* Pass v through the scratch map: the compiler cannot specialise the code
  * after it for each path that computed v, and the verifier sees one
- * unknown scalar, so paths that differ only in v converge here. */
+ * unknown scalar, so paths that differ only in v converge here. Used in the
+ * loops of the line scanner, whose iterations must converge; elsewhere the
+ * store-to-load round trip costs more time than the verifier saves. */
 static __always_inline __u32 launder(struct nfg_scratch *s, __u32 v)
 {
 	s->tmp = v;
@@ -449,7 +451,6 @@ static __always_inline void param_candidate(struct nfg_scratch *s,
 		return;
 	if (is_token(byte_at(s, p - 1)))
 		return;
-	is_user = launder(s, is_user);
 	q = p + 5 + 3 * is_user;
 	if (q >= cr->end)
 		return;
@@ -459,7 +460,7 @@ static __always_inline void param_candidate(struct nfg_scratch *s,
 		 * means no '=' follows. */
 		if (!is_lws(c))
 			return;
-		k = launder(s, skip_lws(s, q));
+		k = skip_lws(s, q);
 		if (k >= NFG_LWS_MAX) {
 			stop(s, NFG_R_CREDENTIAL_AMBIGUOUS);
 			return;
@@ -537,7 +538,6 @@ static __always_inline void find_params_run(struct nfg_scratch *s)
 			t = pos + 16 + lowest_flag(m2);
 		else
 			t = pos + 24 + lowest_flag(m3);
-		t = launder(s, t);
 		s->pos = t + 1;
 		if (t < cr->end)
 			param_candidate(s, cr, t);
@@ -575,12 +575,12 @@ static __always_inline void read_value(struct nfg_scratch *s,
 
 	v = eq + 1;
 	if (is_lws(byte_at(s, v))) {
-		k = launder(s, skip_lws(s, v));
+		k = skip_lws(s, v);
 		if (k >= NFG_LWS_MAX)
 			goto ambiguous;
 		v += k;
 	}
-	k = launder(s, skip_quotes(s, v));
+	k = skip_quotes(s, v);
 	if (k >= NFG_QUOTES_MAX)
 		goto ambiguous;
 	v += k;
@@ -626,7 +626,7 @@ static __always_inline void read_value(struct nfg_scratch *s,
 	if (quoted) {
 		if (c != '"')
 			goto ambiguous; /* a line break, ',' or LWS */
-		k = launder(s, skip_quotes(s, t));
+		k = skip_quotes(s, t);
 		if (k >= NFG_QUOTES_MAX || ((lead + k) & 1))
 			goto ambiguous; /* unbalanced: sofia-sip's quoting differs */
 		after = t + k;
@@ -636,7 +636,7 @@ static __always_inline void read_value(struct nfg_scratch *s,
 		after = t;
 	}
 	if (after < cr->end && byte_at(s, after) != ',') {
-		k = launder(s, skip_lws(s, after));
+		k = skip_lws(s, after);
 		if (k >= NFG_LWS_MAX)
 			goto ambiguous;
 		after += k;
