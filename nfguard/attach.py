@@ -37,7 +37,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_SETLINK
 
 from .errors import AttachError
-from .libbpf import lib
+from .libbpf import ProgInfo, lib
 
 XDP_PROG_NAME = "nfguard_xdp"
 TC_PROG_NAME = "nfguard_tc"
@@ -111,25 +111,6 @@ class _xdp_setlink(nlmsg):
 
 
 # -- libbpf: program ids, fds and names ------------------------------------
-class _ProgInfo(ctypes.Structure):
-    # the head of struct bpf_prog_info (include/uapi/linux/bpf.h); the
-    # kernel fills as much as info_len asks for
-    _fields_ = [
-        ("type", ctypes.c_uint32),
-        ("id", ctypes.c_uint32),
-        ("tag", ctypes.c_uint8 * 8),
-        ("jited_prog_len", ctypes.c_uint32),
-        ("xlated_prog_len", ctypes.c_uint32),
-        ("jited_prog_insns", ctypes.c_uint64),
-        ("xlated_prog_insns", ctypes.c_uint64),
-        ("load_time", ctypes.c_uint64),
-        ("created_by_uid", ctypes.c_uint32),
-        ("nr_map_ids", ctypes.c_uint32),
-        ("map_ids", ctypes.c_uint64),
-        ("name", ctypes.c_char * 16),
-    ]
-
-
 def _errno_of(rc: int) -> int:
     return -rc if rc < 0 else (ctypes.get_errno() or errno.EIO)
 
@@ -153,7 +134,7 @@ def prog_fd_by_id(prog_id: int) -> int | None:
 
 def prog_info(prog_fd: int) -> tuple[int, str]:
     """(id, name) of the program behind prog_fd."""
-    info = _ProgInfo()
+    info = ProgInfo()
     size = ctypes.c_uint32(ctypes.sizeof(info))
     rc = lib().bpf_obj_get_info_by_fd(prog_fd, ctypes.byref(info), ctypes.byref(size))
     if rc != 0:

@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             netns=args.netns,
         )
         cfg = prog.config()
+        prog.unpin_stale_stages()  # earlier loads this one replaced everywhere
     finally:
         prog.close()  # the attachments keep the programs loaded
     where = args.interface + (f" (network namespace {args.netns})" if args.netns else "")

@@ -30,6 +30,32 @@ class _TestRunOpts(ctypes.Structure):
     ]
 
 
+class ProgInfo(ctypes.Structure):
+    """The head of struct bpf_prog_info (include/uapi/linux/bpf.h); the
+    kernel fills as much as info_len asks for."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+class MapInfo(ctypes.Structure):
+    """The head of struct bpf_map_info."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32)]
+
+
 _libbpf = None
 
 
@@ -55,6 +81,10 @@ def lib():
         so.bpf_prog_load.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
                                      ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p]
         so.bpf_prog_load.restype = ctypes.c_int
+        so.bpf_prog_get_next_id.argtypes = [ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32)]
+        so.bpf_prog_get_next_id.restype = ctypes.c_int
+        so.bpf_obj_get.argtypes = [ctypes.c_char_p]
+        so.bpf_obj_get.restype = ctypes.c_int
         _libbpf = so
     return _libbpf
 
@@ -87,3 +117,43 @@ def obj_pin(fd: int, path: str) -> None:
     if rc != 0:
         err = -rc if rc < 0 else ctypes.get_errno()
         raise NfguardError(f"cannot pin {path}: {os.strerror(err)}")
+
+
+def _info(fd: int, info) -> bool:
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    return lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) == 0
+
+
+def map_ids_of_programs(name: str) -> set[int]:
+    """The ids of every map used by a loaded program called name (attached
+    anywhere, in any network namespace)."""
+    ids: set[int] = set()
+    cur, nxt = 0, ctypes.c_uint32()
+    while lib().bpf_prog_get_next_id(cur, ctypes.byref(nxt)) == 0:
+        cur = nxt.value
+        fd = lib().bpf_prog_get_fd_by_id(cur)
+        if fd < 0:
+            continue  # unloaded meanwhile
+        try:
+            info = ProgInfo()
+            if not _info(fd, info) or info.name.decode("utf-8", "replace") != name:
+                continue
+            maps = (ctypes.c_uint32 * info.nr_map_ids)()
+            info2 = ProgInfo(nr_map_ids=info.nr_map_ids, map_ids=ctypes.addressof(maps))
+            if _info(fd, info2):
+                ids.update(maps[: min(info.nr_map_ids, info2.nr_map_ids)])
+        finally:
+            os.close(fd)
+    return ids
+
+
+def pinned_map_id(path: str) -> int | None:
+    """The id of the map pinned at path, or None."""
+    fd = lib().bpf_obj_get(path.encode())
+    if fd < 0:
+        return None
+    try:
+        info = MapInfo()
+        return info.id if _info(fd, info) else None
+    finally:
+        os.close(fd)

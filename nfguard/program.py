@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 from . import consts
 from .errors import CompileError, NfguardError
 from .kernel import ensure_bpffs, require_headers
-from .libbpf import obj_pin, prog_test_run
+from .libbpf import map_ids_of_programs, obj_pin, pinned_map_id, prog_test_run
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/nfguard"
 NO_EXPIRY = (1 << 64) - 1
@@ -489,14 +489,19 @@ class Program:
         return duration
 
     def unpin_stale_stages(self) -> list[str]:
-        """Remove the stages pins of earlier loads (call once this load's
-        program is attached in their place); returns the removed paths."""
+        """Remove the stages pins of earlier loads whose programs are gone
+        (replaced on every interface, so no loaded nfguard_xdp uses their
+        prog array any more); returns the removed paths. A pin still in use
+        stays: removing it would empty the array under an attached program."""
         if not self.pin_dir:
             return []
+        in_use = map_ids_of_programs("nfguard_xdp")
         removed = []
-        for name in os.listdir(self.pin_dir):
+        for name in sorted(os.listdir(self.pin_dir)):
             path = os.path.join(self.pin_dir, name)
-            if name.startswith("stages_") and path != self.stages_pin:
+            if not name.startswith("stages_") or path == self.stages_pin:
+                continue
+            if pinned_map_id(path) not in in_use:
                 os.unlink(path)
                 removed.append(path)
         return removed

@@ -194,3 +194,25 @@ def test_attached_build_skips_counting_other_traffic():
         assert p.counters() == before
     finally:
         p.close()
+
+
+def test_stages_pins_in_use_stay(pin_dir):
+    """A stages pin whose program is still loaded (e.g. attached to another
+    interface) must survive a later load's clean-up: removing it would empty
+    the prog array under that program."""
+    first = Program(pin_dir=pin_dir)
+    second = Program(pin_dir=pin_dir)
+    try:
+        assert second.unpin_stale_stages() == []
+        assert os.path.exists(first.stages_pin)
+        first.add_binding("1001", "pbx.example.com", "192.0.2.10")
+        assert first.test_run(P.udp_frame(INVITE)).reason == "bound"
+        first.close()
+        first = None
+        assert second.unpin_stale_stages() != []
+        assert [n for n in os.listdir(pin_dir) if n.startswith("stages_")] == [
+            os.path.basename(second.stages_pin)]
+    finally:
+        if first is not None:
+            first.close()
+        second.close()
