@@ -282,7 +282,7 @@ static __always_inline void scan_lines_run(struct nfg_scratch *s)
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < NFG_STEPS_PER_CALL; i++) {
 		__u32 pos, t, nx, nl, k;
-		__u64 m0, m1, m2, m3, w;
+		__u64 m0, m1, m2, m3, w, ab;
 		__u8 c, c2, d, d2, *p;
 
 		NFG_BARRIER();
@@ -318,15 +318,17 @@ static __always_inline void scan_lines_run(struct nfg_scratch *s)
 			stop(s, NFG_R_HEADERS_TRUNCATED);
 			return;
 		}
-		/* The commonest line end by far: CRLF, then the name of a
-		 * header that cannot be a credential header, while no
+		/* The commonest line end by far: CRLF, then neither the end
+		 * of the headers nor a line starting "au" or "pr", while no
 		 * credential header is open and the request line is behind.
-		 * Everything below would only move pos past the CRLF. */
+		 * Everything below would then only move pos past the CRLF
+		 * (a fold or any other line start alike). */
 		w = load8(s, t);
 		c2 = (w >> 16) & 0xff;
+		ab = (w >> 16 | 0x2020) & 0xffff; /* the next line's first two */
 		if ((w & 0xffff) == 0x0a0d && t + 2 < n &&
-		    !(s->open | s->req_line) && is_token(c2) &&
-		    (c2 | 0x20) != 'a' && (c2 | 0x20) != 'p') {
+		    !(s->open | s->req_line) && c2 != '\r' && c2 != '\n' &&
+		    ab != ('a' | 'u' << 8) && ab != ('p' | 'r' << 8)) {
 			s->pos = t + 2;
 			continue;
 		}
