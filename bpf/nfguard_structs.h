@@ -117,12 +117,14 @@ struct nfg_scratch {
 	struct nfg_binding_key bkey; /* their map key */
 	__u64 clock_coarse; /* boot_now(): when the offset was last read */
 	__u64 clock_offset; /* boot_now(): boot time - coarse monotonic */
-	/* The last verdict on this CPU, read back by test_run(). */
+	/* The last guarded datagram's verdict on this CPU, for a look with
+	 * `bpftool map dump name scratch`; last_has_key: key holds its
+	 * credentials (test_run() and events read key). */
 	__u32 last_reason;
 	__u32 last_action;
 	__u32 last_would;
 	__u32 last_has_key;
-	__u64 last_seq;
+	__u64 last_seq;     /* guarded datagrams seen on this CPU */
 };
 
 #endif
