@@ -109,20 +109,6 @@ static __always_inline __u32 lowest_flag(__u64 m)
 	return (((m & -m) >> 7) * 0x0001020304050607ULL) >> 56;
 }
 
-/* Position of the lowest flagged byte of the 32 bytes from pos whose masks
- * are m0..m3 (each exact for its lowest flag); at least one is non-zero. */
-static __always_inline __u32 first_flag(__u32 pos, __u64 m0, __u64 m1,
-					__u64 m2, __u64 m3)
-{
-	if (m0)
-		return pos + lowest_flag(m0);
-	if (m1)
-		return pos + 8 + lowest_flag(m1);
-	if (m2)
-		return pos + 16 + lowest_flag(m2);
-	return pos + 24 + lowest_flag(m3);
-}
-
 /* All ones when a == b, else zero; a and b below 2^63. No branch. */
 static __always_inline __u64 eq_mask(__u64 a, __u64 b)
 {
@@ -319,7 +305,15 @@ static __always_inline void scan_lines_run(struct nfg_scratch *s)
 		m1 &= HIGHS;
 		m2 &= HIGHS;
 		m3 &= HIGHS;
-		t = launder(s, first_flag(pos, m0, m1, m2, m3));
+		if (m0)
+			t = pos + lowest_flag(m0);
+		else if (m1)
+			t = pos + 8 + lowest_flag(m1);
+		else if (m2)
+			t = pos + 16 + lowest_flag(m2);
+		else
+			t = pos + 24 + lowest_flag(m3);
+		t = launder(s, t);
 		if (t >= n) {
 			stop(s, NFG_R_HEADERS_TRUNCATED);
 			return;
@@ -562,7 +556,14 @@ static __always_inline void find_params_run(struct nfg_scratch *s)
 			s->pos = pos + 32;
 			continue;
 		}
-		t = first_flag(pos, m, m1, m2, m3);
+		if (m)
+			t = pos + lowest_flag(m);
+		else if (m1)
+			t = pos + 8 + lowest_flag(m1);
+		else if (m2)
+			t = pos + 16 + lowest_flag(m2);
+		else
+			t = pos + 24 + lowest_flag(m3);
 		s->pos = t + 1;
 		if (t < cr->end)
 			param_candidate(s, cr, t);
