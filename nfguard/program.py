@@ -455,8 +455,8 @@ class Program:
             retval, _, _ = prog_test_run(self.xdp_fn.fd, frame)
             after = self._counter_slots()
             moved = [(r, cpu, a - b)
-                     for r, (row_a, row_b) in enumerate(zip(after, before))
-                     for cpu, (a, b) in enumerate(zip(row_a, row_b)) if a != b]
+                     for r, (row_a, row_b) in enumerate(zip(after, before, strict=True))
+                     for cpu, (a, b) in enumerate(zip(row_a, row_b, strict=True)) if a != b]
             if len(moved) == 1 and moved[0][2] == 1:
                 break
         else:

@@ -1147,7 +1147,7 @@ def test_limit_sweeps_cross_boundaries():
     """The sweeps really do straddle their limits (reference only)."""
     now = now_ns()
     seen = Counter()
-    for name, k, frame in _sweep_frames():
+    for _name, _k, frame in _sweep_frames():
         seen[reference.classify(frame, bindings=[(u, r, ip, now + off) for u, r, ip, off in
                                                  SWEEP_BINDINGS], now_ns=now).reason] += 1
     for reason in ["too_many_empty_lines", "scan_limit", "credential_too_long",
