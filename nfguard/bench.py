@@ -165,7 +165,7 @@ def best_of(fns: dict[str, Callable[[], int]], rounds: int) -> dict[str, int]:
 
 
 def bench_xdp(repeat: int, rounds: int) -> dict:
-    from .replay import require_bpf_runtime
+    from .kernel import require_bpf_runtime
 
     require_bpf_runtime("bench xdp")
     from bcc import BPF

@@ -12,10 +12,9 @@ import argparse
 import os
 
 from .errors import AttachError
-from .kernel import BPFFS, fstype_of
+from .kernel import BPFFS, CAP_NET_ADMIN, can_load_bpf, effective_caps, fstype_of
 from .program import DEFAULT_PIN_DIR
 
-CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,20 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="network namespace (under /var/run/netns) of the interface")
 
 
-def _effective_caps() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return int(line.split()[1], 16)
-    except OSError:
-        pass
-    return 0
-
-
 def _check_privileges() -> None:
-    caps = _effective_caps()
-    if not (caps >> CAP_NET_ADMIN & 1 and (caps >> CAP_BPF & 1 or caps >> CAP_SYS_ADMIN & 1)):
+    caps = effective_caps()
+    if not (caps >> CAP_NET_ADMIN & 1 and can_load_bpf(caps)):
         raise AttachError(
             "nfguard attach needs root (CAP_NET_ADMIN, and CAP_BPF or CAP_SYS_ADMIN): "
             "run it with sudo or from the systemd unit"

@@ -1,7 +1,9 @@
 """Host checks the loader needs before bcc runs: kernel headers and bpffs."""
 
+import importlib.util
 import os
 import platform
+import sys
 
 from .errors import HeadersMissing, NfguardError
 
@@ -69,3 +71,37 @@ def ensure_bpffs(pin_dir: str) -> None:
         raise NfguardError(f"pin directory {pin_dir} is not on a BPF filesystem "
                            f"(use a directory under {BPFFS})")
     os.makedirs(pin_dir, mode=0o700, exist_ok=True)
+
+
+CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
+
+
+def effective_caps() -> int:
+    """This process's effective capability mask (0 when unreadable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def can_load_bpf(caps: int | None = None) -> bool:
+    caps = effective_caps() if caps is None else caps
+    return bool(caps >> CAP_BPF & 1 or caps >> CAP_SYS_ADMIN & 1)
+
+
+def require_bpf_runtime(what: str) -> None:
+    """Fail with one line, before a 1.5 s compile, where loading cannot work:
+    no CAP_BPF (or CAP_SYS_ADMIN), no kernel headers, no bcc."""
+    if not can_load_bpf():
+        raise NfguardError(f"{what} loads a BPF program: run it as root "
+                           "(CAP_BPF and CAP_NET_ADMIN)")
+    require_headers()
+    if importlib.util.find_spec("bcc") is None:
+        raise NfguardError(
+            f"bcc is not importable by {sys.executable}: install python3-bpfcc "
+            "and run nfguard with the system Python (/usr/bin/python3)"
+        )

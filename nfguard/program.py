@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 from . import consts
 from .errors import CompileError, NfguardError
-from .kernel import ensure_bpffs, require_headers
+from .kernel import ensure_bpffs, require_bpf_runtime
 from .libbpf import map_ids_of_programs, obj_pin, pinned_map_id, prog_test_run
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/nfguard"
@@ -173,9 +173,7 @@ class Program:
         (not_ip, not_udp, port_not_guarded), which the attached program
         skips to keep the path of all other traffic short; test_run() needs
         it to name those reasons. Default: on without a pin_dir."""
-        if os.geteuid() != 0:
-            raise NfguardError("loading BPF programs needs root (CAP_BPF and CAP_NET_ADMIN)")
-        require_headers()
+        require_bpf_runtime("nfguard")
         try:
             from bcc import BPF  # imported here: a clear error beats an ImportError
         except ImportError as e:

@@ -39,7 +39,6 @@ not reasons of the program (consts.REASONS):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import ipaddress
 import json
 import math
@@ -49,7 +48,7 @@ import sys
 
 from . import consts
 from .errors import NfguardError
-from .kernel import require_headers
+from .kernel import require_bpf_runtime
 from .pcap import PcapReader
 from .program import check_credential
 
@@ -296,24 +295,6 @@ def xdp_test_run_limit() -> int | None:
 
 
 # -- running ---------------------------------------------------------------
-def require_bpf_runtime(what: str) -> None:
-    """Fail with one line, before a 1.5 s compile, where loading cannot work."""
-    if os.geteuid() != 0:
-        try:
-            with open("/proc/self/status") as f:
-                capeff = next(int(l.split()[1], 16) for l in f if l.startswith("CapEff:"))
-        except (OSError, StopIteration, ValueError):
-            capeff = 0
-        if not capeff >> 39 & 1 and not capeff >> 21 & 1:  # CAP_BPF, CAP_SYS_ADMIN
-            raise NfguardError(f"{what} loads a BPF program: run it as root")
-    require_headers()
-    if importlib.util.find_spec("bcc") is None:
-        raise NfguardError(
-            f"bcc is not importable by {sys.executable}: install python3-bpfcc "
-            "and run nfguard with the system Python (/usr/bin/python3)"
-        )
-
-
 def _result(index: int, src: str | None, monitor: bool, *, action, reason, would=None,
             user=None, realm=None, ts=0.0) -> dict:
     out = {"index": index, "action": action, "reason": reason, "src": src,
