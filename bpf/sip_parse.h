@@ -7,9 +7,9 @@
  * positions against s->len (or a header end) before trusting a byte.
  *
  * Speed comes from looking at 8 bytes per step: the line scanner skips words
- * with no byte below 0x0e (CR, LF and HT are the only such bytes in headers);
- * the parameter scanner skips words with no 'u' or 'r'. Only the few places
- * those find are looked at byte by byte.
+ * with no line stop byte (below 0x0e, where CR, LF and HT are, or from 0x8e
+ * up); the parameter scanner skips words with no 'u' or 'r'. Only the few
+ * places those find are looked at byte by byte.
  *
  * The two scanning loops keep their state in the scratch map value, not in
  * registers: reloaded after a compiler barrier, it reaches the verifier as
@@ -86,10 +86,15 @@ static __always_inline __u64 bytes_below(__u64 w, __u64 n)
 	return (w - ONES * n) & ~w & HIGHS;
 }
 
-/* bytes_below() without its final mask: OR several, mask once. */
-static __always_inline __u64 below_raw(__u64 w, __u64 n)
+/* Line stop bytes: 0x80 in the lowest byte of w that is below 0x0e or
+ * from 0x8e up, and maybe in higher ones; zero when w has none. Exact for
+ * the lowest flagged byte: a borrow only leaves a byte below 0x0e, which is
+ * flagged itself. Two operations a word where an exact "below 0x0e" takes
+ * three: bytes from 0x8e up (never in ASCII headers) only cost a step.
+ * Without the final mask, to OR several words and mask once. */
+static __always_inline __u64 line_stops_raw(__u64 w)
 {
-	return (w - ONES * n) & ~w;
+	return w - ONES * 0x0e;
 }
 
 /* 0x80 in exactly the bytes of w that are zero. */
@@ -291,12 +296,12 @@ static __always_inline void scan_lines_run(struct nfg_scratch *s)
 			stop(s, NFG_R_HEADERS_TRUNCATED);
 			return;
 		}
-		/* 32 bytes a step while no byte is below 0x0e. */
+		/* 32 bytes a step while none is a line stop byte. */
 		p = &s->buf[pos & NFG_SCAN_MASK];
-		m0 = below_raw(LOAD8_AT(p, 0), 0x0e);
-		m1 = below_raw(LOAD8_AT(p, 8), 0x0e);
-		m2 = below_raw(LOAD8_AT(p, 16), 0x0e);
-		m3 = below_raw(LOAD8_AT(p, 24), 0x0e);
+		m0 = line_stops_raw(LOAD8_AT(p, 0));
+		m1 = line_stops_raw(LOAD8_AT(p, 8));
+		m2 = line_stops_raw(LOAD8_AT(p, 16));
+		m3 = line_stops_raw(LOAD8_AT(p, 24));
 		if (!((m0 | m1 | m2 | m3) & HIGHS)) {
 			s->pos = pos + 32;
 			continue;
@@ -334,7 +339,7 @@ static __always_inline void scan_lines_run(struct nfg_scratch *s)
 		}
 		c = w & 0xff;
 		if (c != '\r' && c != '\n') {
-			s->pos = t + 1; /* HT or another control byte */
+			s->pos = t + 1; /* HT, another control byte, or >= 0x8e */
 			continue;
 		}
 		/* A line ends with CRLF, LF or a bare CR. */

@@ -27,6 +27,9 @@ TOKEN = frozenset(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
 )
 UR = frozenset(b"uUrR")
+# Where the line scanner stops (§4): CR, LF, HT and the other bytes below
+# 0x0E, and every byte from 0x8E up.
+LINE_STOPS = frozenset(range(0x0E)) | frozenset(range(0x8E, 0x100))
 
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 VLAN_TPIDS = (0x8100, 0x88A8)
@@ -310,7 +313,7 @@ class _Classifier:
                 raise _Stop(self.unfinished())
             t = None
             for i in range(pos, pos + 32):
-                if buf[i] < 0x0E:
+                if buf[i] in LINE_STOPS:
                     t = i
                     break
             if t is None:

@@ -261,7 +261,8 @@ def spec_line_steps(payload: bytes, first: int = 0) -> int:
     while True:
         steps += 1
         assert pos < n
-        idx = next((i for i, c in enumerate(b[pos:pos + 32]) if c < 0x0E), None)
+        idx = next((i for i, c in enumerate(b[pos:pos + 32]) if c < 0x0E or c >= 0x8E),
+                   None)
         if idx is None:
             pos += 32
             continue
@@ -949,6 +950,20 @@ case("line_steps_exhausted_by_tabs", f_inv("X-Tabs: " + "\t" * 700, pa(), src=OT
      "scan_limit")
 case("line_steps_exhausted_by_tabs_no_credentials", f_inv("X-Tabs: " + "\t" * 700),
      "scan_limit")
+# Bytes from 0x8E up are stop bytes too (§4): a step each, like HT.
+_high = bytes(range(0x8E, 0x100))
+_low_high = bytes(range(0x80, 0x8E))
+case("line_steps_utf8_display_name_bound",
+     f_inv('From: "J\u00e9r\u00f4me \u00dcnal" <sip:1001@example.com>;tag=x', pa()), "bound",
+     bindings=BOUND, **UR)
+case("line_steps_exhausted_by_high_bytes",
+     frame(f"INVITE {TARGET} SIP/2.0\r\nX-Bin: ".encode() + _high * 6
+           + f"\r\n{pa()}\r\n\r\n".encode(), src=OTHER), "scan_limit",
+     note="114 stop bytes, six times: more steps than LINE_STEPS")
+case("line_steps_bytes_0x80_to_0x8d_are_not_stops",
+     frame(f"INVITE {TARGET} SIP/2.0\r\nX-Bin: ".encode() + _low_high * 60
+           + f"\r\n{pa()}\r\n\r\n".encode(), src=OTHER), "not_bound", **UR,
+     note="840 bytes, none a stop byte: 27 steps")
 case("param_steps_250_u", f_inv(pa(digest() + ', opaque="' + "u" * 250 + '"'), src=OTHER),
      "not_bound", **UR)
 case("param_steps_exhausted_by_u", f_inv(pa(digest() + ', opaque="' + "uR" * 250 + '"'),
