@@ -69,20 +69,21 @@ static __always_inline __u64 words_differ(__u64 *a, __u64 *b, __u32 len,
 	return diff;
 }
 
-/* CLOCK_BOOTTIME now, to within a tick. Reading it costs tens of ns on
- * some hosts (a virtualised TSC); the coarse monotonic clock costs a few.
- * Boot time is monotonic time plus the time spent suspended, an offset that
- * changes only on resume: each CPU reads the boot clock once a second and
- * adds its offset to the coarse clock in between. */
+/* CLOCK_BOOTTIME now, to within a jiffy. Reading the boot clock costs tens
+ * of ns on some hosts (a virtualised TSC), and even the coarse clock is a
+ * helper call; the verifier inlines bpf_jiffies64() into one load. Each CPU
+ * reads the boot clock when jiffies have moved since its last read and uses
+ * that reading until they move again: at most HZ reads a second, and "now"
+ * is never ahead of the truth and at most a jiffy behind it. */
 static __always_inline __u64 boot_now(struct nfg_scratch *s)
 {
-	__u64 coarse = bpf_ktime_get_coarse_ns();
+	__u64 j = bpf_jiffies64();
 
-	if (coarse - s->clock_coarse > 1000000000ULL || !s->clock_coarse) {
-		s->clock_offset = bpf_ktime_get_boot_ns() - coarse;
-		s->clock_coarse = coarse;
+	if (j != s->clock_jiffies) {
+		s->clock_boot_ns = bpf_ktime_get_boot_ns();
+		s->clock_jiffies = j;
 	}
-	return coarse + s->clock_offset;
+	return s->clock_boot_ns;
 }
 
 /* Is the credential of header c bound to the source address? */

@@ -115,8 +115,8 @@ struct nfg_scratch {
 	struct nfg_cred cred[NFG_MAX_CRED_HDRS];
 	struct nfg_cred_id key;     /* last credentials looked up */
 	struct nfg_binding_key bkey; /* their map key */
-	__u64 clock_coarse; /* boot_now(): when the offset was last read */
-	__u64 clock_offset; /* boot_now(): boot time - coarse monotonic */
+	__u64 clock_jiffies; /* boot_now(): jiffies at the last boot clock read */
+	__u64 clock_boot_ns; /* boot_now(): that read */
 	/* The last guarded datagram's verdict on this CPU, for a look with
 	 * `bpftool map dump name scratch`; last_has_key: key holds its
 	 * credentials (test_run() and events read key). */
