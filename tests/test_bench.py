@@ -50,6 +50,14 @@ def test_default_target_is_xdp_and_readable():
     assert len(text.splitlines()) == 2 + len(CASES)
 
 
+def test_several_loads_report_their_median():
+    need_kernel()
+    out = nfguard("bench", "--repeat", "500", "--rounds", "1", "--loads", "3")
+    assert out.returncode == 0, out.stderr
+    assert "median of 3 loads" in out.stdout.splitlines()[0]
+    assert len(out.stdout.splitlines()) == 2 + len(CASES)
+
+
 def test_worst_case_frame():
     frame = bench.worst_case_invite()
     assert len(frame) == 1400
@@ -76,6 +84,7 @@ def test_cases_are_distinct_and_named():
     (["bench", "xdp", "--repeat", "0"], "--repeat"),
     (["bench", "xdp", "--repeat", "many"], "--repeat"),
     (["bench", "xdp", "--rounds", "-1"], "--rounds"),
+    (["bench", "xdp", "--loads", "0"], "--loads"),
 ])
 def test_bad_arguments_are_one_line(args, needle):
     out = nfguard(*args)
