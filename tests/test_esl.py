@@ -1,0 +1,554 @@
+"""ESL framing, FreeSWITCH event parsing, the README timeline of the real
+captures, and the client against the fake ESL server."""
+
+import asyncio
+import calendar
+import random
+import time
+
+import pytest
+
+from fake_esl import (ACCEPTED, AUTH_REQUEST, FIXTURES, REAL, FakeEsl, Row, event_frames,
+                      profiles_xml, reg_xml, split_frames)
+from nfguard.esl import (Backoff, EslAuthError, EslConnection, EslError, Endpoint, Frame,
+                         FramingError, read_frame, SUBSCRIBE)
+from nfguard.fsevents import (Registered, Unregistered, event_headers, follow,
+                              normalize_ip, parse_event, parse_profiles,
+                              parse_show_registrations, parse_xmlstatus_reg)
+from nfguard.registry import Binding, Registry
+
+CAPTURES = sorted(p.name for p in REAL.glob("esl_*.bin"))
+SCENARIOS = sorted({n[len("esl_json_"):-4] for n in CAPTURES if n.startswith("esl_json_")})
+
+
+def run(coro, timeout=20):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def frames_of(data: bytes) -> tuple[list[Frame], Exception]:
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    out = []
+    while True:
+        try:
+            out.append(await read_frame(reader))
+        except EslError as e:
+            return out, e
+
+
+def stamp(frame: Frame) -> float:
+    return int(event_headers(frame)["Event-Date-Timestamp"]) / 1e6
+
+
+def events_of(name: str, node="vm"):
+    """(now, registry event) for every binding-changing event of a capture."""
+    frames, _ = run(frames_of((REAL / name).read_bytes()))
+    out = []
+    for f in frames:
+        if f.content_type.startswith("text/event-"):
+            ev = parse_event(f, node, stamp(f))
+            if ev is not None:
+                out.append((stamp(f), ev))
+    return out
+
+
+# -- framing -------------------------------------------------------------------
+def test_every_capture_is_present():
+    assert len(CAPTURES) == 28 and len(SCENARIOS) == 14
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+def test_capture_reads_as_frames_with_nothing_left_over(name):
+    data = (REAL / name).read_bytes()
+    frames, end = run(frames_of(data))
+    raw = split_frames(data)
+    assert len(frames) == len(raw) >= 4
+    assert str(end) == "the connection closed"
+    assert frames[0].content_type == "auth/request"
+    assert frames[1].headers["Reply-Text"] == "+OK accepted"
+    assert frames[-1].content_type == "text/disconnect-notice"
+    for f, r in zip(frames, raw, strict=True):
+        assert r.endswith(f.body)
+        if "Content-Length" in f.headers:
+            assert int(f.headers["Content-Length"]) == len(f.body)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in REAL.glob("*.raw.bin")))
+def test_api_capture_body_is_the_reply_file(name):
+    frames, _ = run(frames_of((REAL / name).read_bytes()))
+    assert [f.content_type for f in frames] == ["auth/request", "command/reply", "api/response"]
+    assert frames[-1].body == (REAL / name[:-len(".raw.bin")]).read_bytes()
+
+
+def test_read_frame_ignores_cr_and_skips_a_line_without_colon(caplog):
+    frames, _ = run(frames_of(b"Content-Type: command/reply\r\nnonsense\r\n"
+                              b"Reply-Text: +OK\r\n\r\n"))
+    assert frames[0].headers == {"Content-Type": "command/reply", "Reply-Text": "+OK"}
+    assert "without ':'" in caplog.text
+
+
+@pytest.mark.parametrize("length", [b"12x", b"-1", b"", b"99999999999"])
+def test_untrusted_content_length_is_a_framing_error(length):
+    frames, err = run(frames_of(b"Content-Length: " + length + b"\nContent-Type: x\n\nbody"))
+    assert frames == [] and isinstance(err, FramingError) and "Content-Length" in str(err)
+
+
+@pytest.mark.parametrize("data, why", [
+    (b"Content-Type: text/event-json\nContent-Le", "middle of a frame"),
+    (b"Content-Length: 10\nContent-Type: text/event-json\n\n{\"a\"", "middle of a frame body"),
+])
+def test_eof_inside_a_frame(data, why):
+    _, err = run(frames_of(data))
+    assert why in str(err)
+
+
+# -- events --------------------------------------------------------------------
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_json_and_plain_captures_give_the_same_events(scenario):
+    json_events = [e for _, e in events_of(f"esl_json_{scenario}.bin")]
+    plain_events = [e for _, e in events_of(f"esl_plain_{scenario}.bin")]
+    assert json_events == plain_events
+
+
+def test_register_event_fields():
+    (now, ev), = [x for x in events_of("esl_json_register_tenant_b.bin")]
+    r = ev.reg
+    assert (r.user, r.realm, r.ip, r.port) == ("1001", "tenant-b.test", "127.0.0.5", 5065)
+    assert (r.profile, r.contact, r.node) == ("internal", '"" <sip:1001@127.0.0.5:5065>', "vm")
+    assert r.call_id == "90bd0b475c1ec379@127.0.0.5"
+    assert r.expires == now + 300 + 60  # relative Expires plus FreeSWITCH's late margin
+
+
+def test_expire_event_names_call_id_and_contact():
+    evs = events_of("esl_json_expire.bin")
+    assert [type(e) for _, e in evs] == [Registered, Unregistered]
+    exp = evs[1][1]
+    assert (exp.call_id, exp.contact, exp.why) == (
+        "reg-1003-short@127.0.0.7", '"" <sip:1003@127.0.0.7:5068>', "expire")
+
+
+def derived(name: str) -> Frame:
+    """The event frame of a derived fixture transcript (fixtures/freeswitch)."""
+    text = (FIXTURES / "freeswitch" / name).read_bytes()
+    frames, _ = run(frames_of(text))
+    return next(f for f in frames if f.content_type.startswith("text/event-"))
+
+
+def test_ipv6_register_address_is_unbracketed():
+    ev = parse_event(derived("sofia_register_ipv6.txt"), "fs1", 0.0)
+    assert ev.reg.ip == "2001:db8:1::1003" and ev.reg.profile == "internal-ipv6"
+
+
+def test_nat_register_keeps_the_source_address():
+    ev = parse_event(derived("sofia_register_nat.txt"), "fs1", 0.0)
+    assert ev.reg.ip == normalize_ip(event_headers(derived("sofia_register_nat.txt"))
+                                     ["network-ip"])
+    assert "fs_nat=yes" in ev.reg.contact
+
+
+def test_socket_close_unregister_has_no_contact():
+    ev = parse_event(derived("sofia_unregister_socket.txt"), "fs1", 0.0)
+    assert ev == Unregistered("internal", "9qs2ah5l0n1s8c8rbbcv", None, "1004", "example.com",
+                              "socket-disconnection")
+
+
+@pytest.mark.parametrize("name", ["sofia_pre_register.txt", "sofia_register_attempt.txt",
+                                  "sofia_register_failure.txt"])
+def test_auth_events_never_change_bindings(name):
+    assert parse_event(derived(name), "fs1", 0.0) is None
+
+
+def json_event(**headers) -> Frame:
+    import json
+    body = json.dumps(headers).encode()
+    return Frame({"Content-Type": "text/event-json", "Content-Length": str(len(body))}, body)
+
+
+GOOD = {"Event-Subclass": "sofia::register", "username": "1001", "realm": "r",
+        "network-ip": "192.0.2.1", "network-port": "5060", "expires": "300",
+        "profile-name": "internal", "call-id": "c", "contact": "<sip:1001@192.0.2.1>"}
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"username": None}, "without username"),
+    ({"network-ip": "300.1.1.1"}, "bad network-ip"),
+    ({"network-ip": "[::1"}, "bad network-ip"),
+    ({"network-port": "0"}, "bad network-port"),
+    ({"expires": "soon"}, "bad expires"),
+])
+def test_malformed_register_is_a_value_error(change, why):
+    h = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
+    with pytest.raises(ValueError, match=why):
+        parse_event(json_event(**h), "fs1", 0.0)
+
+
+@pytest.mark.parametrize("body, why", [(b"{not json", "not JSON"), (b"[1]", "not a JSON object")])
+def test_garbage_event_body_is_a_value_error(body, why):
+    with pytest.raises(ValueError, match=why):
+        parse_event(Frame({"Content-Type": "text/event-json"}, body), "fs1", 0.0)
+
+
+# -- the README timeline -------------------------------------------------------
+TIMELINE = [
+    ("register", {"1001@127.0.0.1 127.0.0.2"}),
+    ("reregister", {"1001@127.0.0.1 127.0.0.2"}),
+    ("register_1002", {"1001@127.0.0.1 127.0.0.2", "1002@127.0.0.1 127.0.0.4"}),
+    # contact mode: the old row stays until it expires
+    ("register_ip_change", {"1001@127.0.0.1 127.0.0.2", "1001@127.0.0.1 127.0.0.3",
+                            "1002@127.0.0.1 127.0.0.4"}),
+    ("register_tenant_b", {"1001@127.0.0.1 127.0.0.2", "1001@127.0.0.1 127.0.0.3",
+                           "1002@127.0.0.1 127.0.0.4", "1001@tenant-b.test 127.0.0.5"}),
+    ("register_failure", None),  # None: unchanged
+    ("register_failure_unknown_user", None),
+    ("invite_foreign_ip", None),  # valid credentials from 127.0.0.9: no binding
+    ("invite_foreign_ip_wrong_password", None),
+    ("unregister", {"1001@127.0.0.1 127.0.0.2", "1001@127.0.0.1 127.0.0.3",
+                    "1001@tenant-b.test 127.0.0.5"}),
+    ("expire", None),  # 1003 registers and expires within the capture
+    # the stale 127.0.0.2 row, the current one and tenant-b expire; smoke1
+    # (1010) was never registered in these events: its expiry changes nothing
+    ("expire_stale_after_ip_change", set()),
+    ("register_tcp", {"1002@127.0.0.1 127.0.0.8"}),
+]
+
+
+@pytest.mark.parametrize("fmt", ["json", "plain"])
+def test_bindings_after_each_scenario_follow_the_readme_timeline(fmt):
+    reg = Registry()
+    want: set[str] = set()
+    for scenario, after in TIMELINE:
+        for now, ev in events_of(f"esl_{fmt}_{scenario}.bin"):
+            reg.apply("vm", ev, now)
+        if after is not None:
+            want = after
+        assert {str(b) for b in reg.bindings()} == want, scenario
+
+
+def test_whole_session_capture_ends_where_the_scenarios_do():
+    for fmt in ("json", "plain"):
+        reg = Registry()
+        for now, ev in events_of(f"esl_{fmt}_all_session.bin"):
+            reg.apply("vm", ev, now)
+        assert {str(b) for b in reg.bindings()} == {
+            "1001@127.0.0.1 127.0.0.2", "1001@127.0.0.1 127.0.0.3",
+            "1001@tenant-b.test 127.0.0.5"}
+
+
+def epoch(hms: str) -> float:
+    return calendar.timegm(time.strptime(f"2026-11-27 {hms}", "%Y-%m-%d %H:%M:%S"))
+
+
+def test_resync_from_the_real_xmlstatus_adds_exactly_the_row_no_event_named():
+    """At 13:45:07 the events have given four bindings; sofia xmlstatus
+    also lists the leftover smoke-test row of 1010. The diff is that row."""
+    reg = Registry()
+    for scenario, _ in TIMELINE[:5]:
+        for now, ev in events_of(f"esl_json_{scenario}.bin"):
+            reg.apply("vm", ev, now)
+    now = epoch("13:45:07")
+    rows = parse_xmlstatus_reg((REAL / "sofia_xmlstatus_reg.xml").read_text(), "vm",
+                               "internal", now)
+    assert len(rows) == 5
+    diff = reg.resync("vm", rows, now)
+    assert not diff.removed
+    assert set(diff.added) == {Binding("1010", "127.0.0.1", "127.0.0.20")}
+
+
+def test_xmlstatus_reg_fields_and_empty_search():
+    now = epoch("13:52:55")
+    rows = parse_xmlstatus_reg((REAL / "sofia_xmlstatus_reg_tcp.xml").read_text(), "vm",
+                               "internal", now)
+    tcp = [r for r in rows if r.ip == "127.0.0.8"]
+    assert len(tcp) == 1 and tcp[0].port == 54181 and tcp[0].user == "1002"
+    assert tcp[0].contact.endswith(";transport=tcp>")
+    assert parse_xmlstatus_reg((REAL / "sofia_xmlstatus_reg_search_nomatch.xml").read_text(),
+                               "vm", "internal", now) == []
+
+
+def test_xmlstatus_rows_that_cannot_be_read_are_named():
+    skipped = []
+    xml = reg_xml([Row("1001", "r", "192.0.2.1", 5060, "a"), Row("1002", "r", "bad", 5060, "b")])
+    rows = parse_xmlstatus_reg(xml, "fs1", "internal", 0.0, skipped)
+    assert [r.user for r in rows] == ["1001"]
+    assert len(skipped) == 1 and "1002@r" in skipped[0] and "bad network-ip" in skipped[0]
+
+
+def test_profiles_leave_out_aliases_and_count_a_profile_once():
+    xml = profiles_xml(["internal", "internal", "external"], {"127.0.0.1": "internal"})
+    assert parse_profiles(xml) == ["internal", "external"]
+    with pytest.raises(ValueError, match="not XML"):
+        parse_profiles("-ERR sofia Command not found!\n")
+
+
+def test_show_registrations_fallback():
+    rows = parse_show_registrations((REAL / "show_registrations.json").read_text(), "vm", 0.0)
+    assert {(r.user, r.realm, r.ip) for r in rows} == {
+        ("1001", "127.0.0.1", "127.0.0.3"), ("1002", "127.0.0.1", "127.0.0.4"),
+        ("1001", "tenant-b.test", "127.0.0.5")}
+    assert all(r.expires > 1.7e9 for r in rows)  # absolute epoch strings
+    assert parse_show_registrations((REAL / "show_registrations_empty.json").read_text(),
+                                    "vm", 0.0) == []
+
+
+# -- the client against the fake server ---------------------------------------
+def test_fake_server_handshake_is_byte_faithful():
+    """What a client receives from the fake server up to the subscription
+    is byte for byte what FreeSWITCH sent in the capture."""
+    async def main():
+        server = FakeEsl()
+        port = await server.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write((REAL / "esl_json_register.sent.txt").read_bytes().split(b"exit")[0])
+        got = await reader.readexactly(len(AUTH_REQUEST) + len(ACCEPTED) + 70)
+        writer.close()
+        await server.stop()
+        return got
+    got = run(main())
+    assert (REAL / "esl_json_register.bin").read_bytes().startswith(got)
+
+
+class Harness:
+    """A fake server, a registry and a runner following it."""
+
+    def __init__(self, server: FakeEsl, **runner_kw):
+        self.server = server
+        self.registry = Registry(grace=0)
+        self.diffs = []
+        self.runner_kw = runner_kw
+
+    async def __aenter__(self):
+        port = await self.server.start()
+        self.endpoint = Endpoint("fs1", "127.0.0.1", port, password="ClueCon")
+        self.runner = follow(self.endpoint, self.registry, on_change=self.diffs.append,
+                             backoff=Backoff(0.01, 0.05), timeout=2, **self.runner_kw)
+        self.task = asyncio.get_running_loop().create_task(self.runner.run())
+        return self
+
+    async def __aexit__(self, *exc):
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
+        await self.server.stop()
+
+    def bindings(self) -> set[str]:
+        return {str(b) for b in self.registry.bindings()}
+
+    async def until(self, predicate, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; state {self.runner.state}, "
+                                     f"bindings {self.bindings()}")
+            await asyncio.sleep(0.01)
+
+
+def rows(*specs):
+    return [Row(u, "pbx", ip, 5060, f"{u}-{ip}") for u, ip in specs]
+
+
+def test_runner_resyncs_then_follows_events():
+    async def main():
+        server = FakeEsl(table=rows(("1001", "192.0.2.1")))
+        async with Harness(server) as h:
+            await h.until(lambda: h.runner.state == "up")
+            assert h.bindings() == {"1001@pbx 192.0.2.1"}
+            assert server.commands[:4] == ["auth ClueCon", SUBSCRIBE, "api sofia xmlstatus",
+                                           "api sofia xmlstatus profile internal reg"]
+            await server.push(*event_frames("esl_json_register_1002.bin"))
+            await h.until(lambda: "1002@127.0.0.1 127.0.0.4" in h.bindings())
+            await server.push(*event_frames("esl_json_unregister.bin"))
+            await h.until(lambda: "1002@127.0.0.1 127.0.0.4" not in h.bindings())
+            # pre_register and register_attempt came too: read, not applied
+            assert h.runner.events_applied == 2
+    run(main())
+
+
+def test_reconnect_after_a_drop_resyncs_with_the_exact_diff():
+    async def main():
+        server = FakeEsl(table=rows(("1", "192.0.2.1"), ("2", "192.0.2.2"), ("3", "192.0.2.3")))
+        async with Harness(server) as h:
+            await h.until(lambda: h.runner.state == "up")
+            before = len(h.diffs)
+            # while disconnected the table changes: 2 goes, 4 comes, 3 moves
+            server.table = rows(("1", "192.0.2.1"), ("3", "192.0.2.33"), ("4", "192.0.2.4"))
+            await server.drop()
+            await h.until(lambda: h.runner.connects == 2 and h.runner.state == "up")
+            down, resync = h.diffs[before:]
+            # down: the kernel keeps all three for the degraded grace
+            assert {str(b) for b in down.added} == {"1@pbx 192.0.2.1", "2@pbx 192.0.2.2",
+                                                    "3@pbx 192.0.2.3"}
+            assert {str(b) for b in resync.removed} == {"2@pbx 192.0.2.2", "3@pbx 192.0.2.3"}
+            # 1 gets its own expiry back; 3 moved and 4 is new
+            assert {str(b) for b in resync.added} == {"1@pbx 192.0.2.1", "3@pbx 192.0.2.33",
+                                                      "4@pbx 192.0.2.4"}
+            assert resync.added[Binding("1", "pbx", "192.0.2.1")] < down.added[
+                Binding("1", "pbx", "192.0.2.1")]
+            assert h.bindings() == {"1@pbx 192.0.2.1", "3@pbx 192.0.2.33", "4@pbx 192.0.2.4"}
+    run(main())
+
+
+def test_freeswitch_restart_with_another_registration_set():
+    async def main():
+        server = FakeEsl(table=rows(("1", "192.0.2.1"), ("2", "192.0.2.2")))
+        async with Harness(server) as h:
+            await h.until(lambda: h.runner.state == "up")
+            port = server.port
+            await server.stop()
+            await h.until(lambda: h.runner.state == "down")
+            assert "fs1" in h.registry.down_since  # degraded: bindings kept
+            assert h.bindings() == {"1@pbx 192.0.2.1", "2@pbx 192.0.2.2"}
+            server.table = rows(("2", "192.0.2.2"), ("5", "192.0.2.5"))
+            await server.start(port)
+            await h.until(lambda: h.runner.state == "up" and h.runner.connects == 2)
+            assert h.bindings() == {"2@pbx 192.0.2.2", "5@pbx 192.0.2.5"}
+            assert "fs1" not in h.registry.down_since
+    run(main())
+
+
+def test_event_arriving_during_a_resync_is_not_lost():
+    async def main():
+        server = FakeEsl(table=[], api_delay=0.3)
+        async with Harness(server) as h:
+            await server.wait_subscribed()
+            await server.wait_commands("api sofia xmlstatus")
+            # the snapshot is being read: this event arrives in the middle
+            await server.push(*event_frames("esl_json_register_1002.bin"))
+            await h.until(lambda: h.runner.state == "up")
+            assert h.bindings() == {"1002@127.0.0.1 127.0.0.4"}
+    run(main())
+
+
+def test_malformed_events_are_skipped_and_the_client_goes_on(caplog):
+    def frame(h):
+        import json
+        body = json.dumps(h).encode()
+        return b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(body) + body
+
+    async def main():
+        server = FakeEsl()
+        async with Harness(server) as h:
+            await h.until(lambda: h.runner.state == "up")
+            bad = [frame({k: v for k, v in GOOD.items() if k != "realm"}),
+                   frame({**GOOD, "network-ip": "not-an-ip"}),
+                   b"Content-Length: 9\nContent-Type: text/event-json\n\n{garbage!",
+                   frame({**GOOD, "network-port": "70000"})]
+            await server.push(*bad, frame(GOOD))
+            await h.until(lambda: h.bindings() == {"1001@r 192.0.2.1"})
+            assert h.runner.events_skipped == 4 and h.runner.connects == 1
+    run(main())
+    assert caplog.text.count("skipped an event") == 4
+
+
+def test_bad_content_length_drops_the_connection_and_resyncs():
+    async def main():
+        server = FakeEsl(table=rows(("1", "192.0.2.1")))
+        async with Harness(server) as h:
+            await h.until(lambda: h.runner.state == "up")
+            await server.push(b"Content-Length: lots\nContent-Type: text/event-json\n\n{}")
+            await h.until(lambda: h.runner.connects == 2 and h.runner.state == "up")
+            assert "Content-Length" in h.runner.last_error
+            assert h.bindings() == {"1@pbx 192.0.2.1"}
+    run(main())
+
+
+def test_disconnect_in_the_middle_of_an_event():
+    async def main():
+        server = FakeEsl(table=rows(("1", "192.0.2.1")))
+        async with Harness(server) as h:
+            await h.until(lambda: h.runner.state == "up")
+            half = event_frames("esl_json_register_1002.bin")[-1]
+            await server.drop(partial=half[:len(half) // 2])
+            await h.until(lambda: h.runner.connects == 2 and h.runner.state == "up")
+            assert "middle of a frame" in h.runner.last_error
+            assert h.bindings() == {"1@pbx 192.0.2.1"}
+    run(main())
+
+
+def test_slow_partial_writes():
+    async def main():
+        server = FakeEsl(table=rows(("1", "192.0.2.1")), chunk=7, pause=0.0005)
+        async with Harness(server) as h:
+            await h.until(lambda: h.runner.state == "up")
+            await server.push(*event_frames("esl_plain_register_tenant_b.bin"))
+            await h.until(lambda: "1001@tenant-b.test 127.0.0.5" in h.bindings())
+    run(main())
+
+
+def test_refused_password_is_reported_and_retried():
+    async def main():
+        server = FakeEsl(password="other", table=rows(("1", "192.0.2.1")))
+        async with Harness(server) as h:
+            await h.until(lambda: h.runner.state == "down" and server.connections >= 2)
+            assert "refused the password" in h.runner.last_error
+            assert h.bindings() == set()
+            server.password = "ClueCon"
+            await h.until(lambda: h.runner.state == "up")
+            assert h.bindings() == {"1@pbx 192.0.2.1"}
+    run(main())
+
+
+def test_periodic_resync():
+    async def main():
+        server = FakeEsl(table=rows(("1", "192.0.2.1")))
+        async with Harness(server, resync_interval=0.1) as h:
+            await h.until(lambda: h.runner.state == "up")
+            server.table = rows(("9", "192.0.2.9"))
+            await h.until(lambda: h.bindings() == {"9@pbx 192.0.2.9"})
+            assert h.runner.connects == 1
+    run(main())
+
+
+def test_fallback_to_show_registrations_when_sofia_does_not_answer_xml():
+    async def main():
+        server = FakeEsl(api={"sofia xmlstatus": "-ERR sofia Command not found!\n",
+                              "show registrations as json":
+                                  (REAL / "show_registrations.json").read_bytes()})
+        async with Harness(server) as h:
+            await h.until(lambda: h.runner.state == "up")
+            assert len(h.bindings()) == 3
+    run(main())
+
+
+def test_connection_api_and_command_errors():
+    async def main():
+        server = FakeEsl()
+        port = await server.start()
+        events = []
+        conn = await EslConnection.open("127.0.0.1", port, "ClueCon", on_event=events.append)
+        body = await conn.api("no-such-command")
+        assert body == "-ERR no-such-command Command not found!\n"
+        with pytest.raises(EslError, match="refused"):
+            await conn.command("bogus")
+        await conn.close()
+        with pytest.raises(EslError, match="connection lost"):
+            await conn.api("status")
+        with pytest.raises(EslAuthError):
+            await EslConnection.open("127.0.0.1", port, "wrong", on_event=events.append)
+        await server.stop()
+        with pytest.raises(EslError, match="cannot connect"):
+            await EslConnection.open("127.0.0.1", port, "ClueCon", on_event=events.append,
+                                     timeout=1)
+    run(main())
+
+
+def test_password_file(tmp_path):
+    f = tmp_path / "pw"
+    f.write_text("ClueCon\n")
+    assert Endpoint("fs1", password_file=str(f)).read_password() == "ClueCon"
+    with pytest.raises(EslError, match="cannot read password file"):
+        Endpoint("fs1", password_file=str(tmp_path / "missing")).read_password()
+    with pytest.raises(EslError, match="no password"):
+        Endpoint("fs1").read_password()
+
+
+def test_backoff_grows_with_full_jitter_and_resets():
+    b = Backoff(initial=1.0, cap=8.0, rng=random.Random(1))
+    waits = [b.next() for _ in range(8)]
+    ceilings = [1, 2, 4, 8, 8, 8, 8, 8]
+    assert all(0 <= w <= c for w, c in zip(waits, ceilings, strict=True))
+    assert len(set(waits)) == len(waits)  # jittered, not in step
+    b.reset()
+    assert b.next() <= 1.0
