@@ -2,6 +2,9 @@
 
 Targets (one function each in TARGETS; `xdp` is the default):
 
+- esl: FreeSWITCH events parsed per second and a resync of 100,000
+  registrations into the registry (nfguard/bench_esl.py).
+
 - xdp: ns per packet of the XDP classifier under BPF_PROG_TEST_RUN with
   repeat, for a set of typical and worst-case frames, next to a bare XDP_PASS
   program measured in the same run (DESIGN.md section 7: non-SIP UDP within
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import packets
+from .bench_esl import bench_esl, print_esl
 from .errors import NfguardError
 
 DEFAULT_REPEAT = 100_000
@@ -249,6 +253,7 @@ def _print_xdp(result: dict, repeat: int, rounds: int, loads: int) -> None:
 TARGETS: dict[str, tuple[Callable[[int, int, int], dict],
                          Callable[[dict, int, int, int], None]]] = {
     "xdp": (bench_xdp, _print_xdp),
+    "esl": (bench_esl, print_esl),
 }
 
 

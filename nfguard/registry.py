@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
 from .consts import REALM_MAX, USER_MAX
-from .fsevents import Registered, Registration, Snapshot, Unregistered
+from .fsevents import Registered, Registration, Snapshot, Unregistered, gc_paused
 
 DEFAULT_GRACE = 30.0
 DEFAULT_DEGRADED_GRACE = 300.0
@@ -48,13 +48,24 @@ def kernel_case(text: str) -> str:
     return text.lower() if text.isascii() else text.encode("utf-8").lower().decode("utf-8")
 
 
+_new_binding = tuple.__new__  # a NamedTuple without its slow keyword __new__
+
+
 def binding_of(reg: Registration) -> Binding:
-    return Binding(kernel_case(reg.user), kernel_case(reg.realm), reg.ip)
+    user, realm = reg.user, reg.realm
+    return _new_binding(Binding, (
+        user.lower() if user.isascii() else kernel_case(user),
+        realm.lower() if realm.isascii() else kernel_case(realm),
+        reg.ip))
+
+
+def _bytes_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 def too_long(reg: Registration, user_max: int = USER_MAX, realm_max: int = REALM_MAX) -> str:
     """Why the kernel cannot hold this registration's binding, or ''."""
-    ulen, rlen = len(reg.user.encode("utf-8")), len(reg.realm.encode("utf-8"))
+    ulen, rlen = _bytes_len(reg.user), _bytes_len(reg.realm)
     if ulen > user_max:
         return f"user is {ulen} bytes, the limit is {user_max}"
     if rlen > realm_max:
@@ -86,6 +97,36 @@ class Diff:
 RowKey = tuple  # (profile, call_id, contact), within one node
 
 
+# Index values are a single tuple, or a set of them when there are several:
+# nearly every binding and call-id has one row, and a set per entry would
+# be most of the registry's memory.
+def _index_add(index: dict, key, item: tuple) -> None:
+    have = index.get(key)
+    if have is None:
+        index[key] = item
+    elif type(have) is set:
+        have.add(item)
+    elif have != item:
+        index[key] = {have, item}
+
+
+def _index_remove(index: dict, key, item: tuple) -> None:
+    have = index.get(key)
+    if type(have) is set:
+        have.discard(item)
+        if len(have) == 1:
+            index[key] = next(iter(have))
+    elif have == item:
+        del index[key]
+
+
+def _index_items(index: dict, key) -> list[tuple]:
+    have = index.get(key)
+    if have is None:
+        return []
+    return list(have) if type(have) is set else [have]
+
+
 class Registry:
     def __init__(self, *, grace: float = DEFAULT_GRACE,
                  degraded_grace: float = DEFAULT_DEGRADED_GRACE,
@@ -97,8 +138,9 @@ class Registry:
         self.user_max = user_max
         self.realm_max = realm_max
         self._rows: dict[str, dict[RowKey, Registration]] = {}
-        self._holders: dict[Binding, set[tuple[str, RowKey]]] = {}
-        self._by_call: dict[tuple[str, str, str], set[RowKey]] = {}
+        # binding -> its row (node, key), or a set of them when several
+        self._holders: dict[Binding, tuple | set[tuple]] = {}
+        self._by_call: dict[tuple[str, str, str], RowKey | set[RowKey]] = {}
         self._effective: dict[Binding, float] = {}
         self._heap: list[tuple[float, str, RowKey, float]] = []
         self.down_since: dict[str, float] = {}
@@ -142,6 +184,10 @@ class Registry:
         """Replace `node`'s rows with a full snapshot of its table; the
         node is connected again."""
         regs = snapshot.registrations if isinstance(snapshot, Snapshot) else snapshot
+        with gc_paused():
+            return self._resync(node, regs)
+
+    def _resync(self, node: str, regs: Iterable[Registration]) -> Diff:
         diff, touched = Diff(), set()
         if self.down_since.pop(node, None) is not None:
             for reg in self._rows.get(node, {}).values():
@@ -155,14 +201,50 @@ class Registry:
         for key in [k for (n, k) in self.rejected if n == node and k not in fresh]:
             del self.rejected[(node, key)]
         tolerance = self.resync_tolerance
+        new_rows = []
         for key, reg in fresh.items():
             have = old.get(key)
-            if (have is not None and have.user == reg.user and have.realm == reg.realm
-                    and have.ip == reg.ip and have.port == reg.port
-                    and abs(have.expires - reg.expires) <= tolerance):
-                continue
-            self._store(node, reg, touched, diff)
+            if have is None:
+                new_rows.append(reg)
+            elif not (have.user == reg.user and have.realm == reg.realm
+                      and have.ip == reg.ip and have.port == reg.port
+                      and abs(have.expires - reg.expires) <= tolerance):
+                self._store(node, reg, touched, diff)
+        self._insert(node, new_rows, touched, diff)
         return self._settle(touched, diff)
+
+    def _insert(self, node: str, regs: list[Registration], touched: set, diff: Diff) -> None:
+        """_store() for rows the node does not hold yet, in bulk: the whole
+        table on a first sync, where per-row calls would double the time."""
+        rows = self._rows.setdefault(node, {})
+        by_call, heap = self._by_call, self._heap
+        holders, effective, added = self._holders, self._effective, diff.added
+        user_max, realm_max, grace = self.user_max, self.realm_max, self.grace
+        up = node not in self.down_since
+        for reg in regs:
+            user, realm = reg.user, reg.realm
+            if not (user.isascii() and realm.isascii() and len(user) <= user_max
+                    and len(realm) <= realm_max):
+                self._store(node, reg, touched, diff)  # maybe rejected
+                continue
+            key = (reg.profile, reg.call_id, reg.contact)
+            rows[key] = reg
+            _index_add(by_call, (node, reg.profile, reg.call_id), key)
+            b = _new_binding(Binding, (user.lower(), realm.lower(), reg.ip))
+            until = reg.expires if up else self._row_expiry(node, reg)
+            if b in holders:
+                _index_add(holders, b, (node, key))
+                touched.add(b)
+            else:  # a binding of this row alone: settled here
+                holders[b] = (node, key)
+                effective[b] = added[b] = until + grace
+            heap.append((until, node, key, reg.expires))
+        if self.rejected:
+            for reg in regs:
+                self.rejected.pop((node, (reg.profile, reg.call_id, reg.contact)), None)
+        if not rows:
+            del self._rows[node]
+        heapq.heapify(heap)
 
     def node_down(self, node: str, now: float) -> Diff:
         """`node` disconnected: keep its rows for degraded_grace seconds."""
@@ -192,36 +274,42 @@ class Registry:
 
     # -- internals -----------------------------------------------------------
     def _row_expiry(self, node: str, reg: Registration) -> float:
-        down = self.down_since.get(node)
-        if down is None:
+        if not self.down_since or node not in self.down_since:
             return reg.expires
-        return max(reg.expires, down + self.degraded_grace)
+        return max(reg.expires, self.down_since[node] + self.degraded_grace)
 
     def _schedule(self, node: str, key: RowKey, reg: Registration) -> None:
         heapq.heappush(self._heap, (self._row_expiry(node, reg), node, key, reg.expires))
 
     def _store(self, node: str, reg: Registration, touched: set, diff: Diff) -> None:
         key = (reg.profile, reg.call_id, reg.contact)
-        why = too_long(reg, self.user_max, self.realm_max)
-        if why:
-            self._drop(node, key, touched)
-            self.rejected[(node, key)] = (reg, why)
-            diff.rejected.append((reg, why))
-            return
-        self.rejected.pop((node, key), None)
-        rows = self._rows.setdefault(node, {})
+        user, realm = reg.user, reg.realm
+        if not (user.isascii() and realm.isascii() and len(user) <= self.user_max
+                and len(realm) <= self.realm_max):
+            why = too_long(reg, self.user_max, self.realm_max)
+            if why:
+                self._drop(node, key, touched)
+                self.rejected[(node, key)] = (reg, why)
+                diff.rejected.append((reg, why))
+                return
+        if self.rejected:
+            self.rejected.pop((node, key), None)
+        rows = self._rows.get(node)
+        if rows is None:
+            rows = self._rows[node] = {}
         old = rows.get(key)
+        holder = (node, key)
         if old is not None:
             old_b = binding_of(old)
-            self._holders[old_b].discard((node, key))
+            _index_remove(self._holders, old_b, holder)
             touched.add(old_b)
         else:
-            self._by_call.setdefault((node, reg.profile, reg.call_id), set()).add(key)
+            _index_add(self._by_call, (node, reg.profile, reg.call_id), key)
         rows[key] = reg
         b = binding_of(reg)
-        self._holders.setdefault(b, set()).add((node, key))
+        _index_add(self._holders, b, holder)
         touched.add(b)
-        self._schedule(node, key, reg)
+        heapq.heappush(self._heap, (self._row_expiry(node, reg), node, key, reg.expires))
 
     def _drop(self, node: str, key: RowKey, touched: set) -> None:
         rows = self._rows.get(node)
@@ -229,14 +317,9 @@ class Registry:
         if reg is None:
             return
         b = binding_of(reg)
-        self._holders[b].discard((node, key))
+        _index_remove(self._holders, b, (node, key))
         touched.add(b)
-        call = (node, reg.profile, reg.call_id)
-        keys = self._by_call.get(call)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._by_call[call]
+        _index_remove(self._by_call, (node, reg.profile, reg.call_id), key)
         if not rows:
             del self._rows[node]
 
@@ -244,21 +327,28 @@ class Registry:
         """The socket-close unregister: every row of the call-id whose user
         is the one named (all of them when none is named)."""
         user = kernel_case(event.user)
-        for key in list(self._by_call.get((node, event.profile, event.call_id), ())):
+        for key in _index_items(self._by_call, (node, event.profile, event.call_id)):
             reg = self._rows[node][key]
             if not user or kernel_case(reg.user) == user:
                 self._drop(node, key, touched)
 
     def _settle(self, touched: set[Binding], diff: Diff) -> Diff:
+        holders, effective, rows = self._holders, self._effective, self._rows
+        grace, all_up = self.grace, not self.down_since
+        added, removed = diff.added, diff.removed
         for b in touched:
-            holders = self._holders.get(b)
-            if not holders:
-                self._holders.pop(b, None)
-                if self._effective.pop(b, None) is not None:
-                    diff.removed.add(b)
+            have = holders.get(b)
+            if have is None:
+                if effective.pop(b, None) is not None:
+                    removed.add(b)
                 continue
-            until = max(self._row_expiry(n, self._rows[n][k]) for n, k in holders) + self.grace
-            if self._effective.get(b) != until:
-                self._effective[b] = until
-                diff.added[b] = until
+            if type(have) is set:
+                until = max(self._row_expiry(n, rows[n][k]) for n, k in have) + grace
+            elif all_up:
+                until = rows[have[0]][have[1]].expires + grace
+            else:
+                until = self._row_expiry(have[0], rows[have[0]][have[1]]) + grace
+            if effective.get(b) != until:
+                effective[b] = until
+                added[b] = until
         return diff

@@ -58,6 +58,19 @@ def test_several_loads_report_their_median():
     assert len(out.stdout.splitlines()) == 2 + len(CASES)
 
 
+def test_bench_esl_json():
+    """The FreeSWITCH side needs no root; one round of 100,000 rows."""
+    out = nfguard("bench", "esl", "--rounds", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["registrations"] == 100_000
+    assert set(result["events_parsed_per_s"]) == {"json", "plain"}
+    assert all(v > 1000 for v in result["events_parsed_per_s"].values())
+    for key in ("resync_s", "resync_unchanged_s", "xmlstatus_parse_s", "registry_mb",
+                "resync_peak_mb", "events_applied_per_s"):
+        assert result[key] > 0, key
+
+
 def test_worst_case_frame():
     frame = bench.worst_case_invite()
     assert len(frame) == 1400

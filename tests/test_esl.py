@@ -408,6 +408,49 @@ def test_freeswitch_restart_with_another_registration_set():
     run(main())
 
 
+def test_two_endpoints_merge_into_one_registry():
+    """A cluster: both nodes feed one registry; a binding both hold stays
+    while either does, and a node that goes down is degraded, not lost."""
+    async def main():
+        fs1 = FakeEsl(table=rows(("1", "192.0.2.1"), ("2", "192.0.2.2")))
+        fs2 = FakeEsl(table=rows(("2", "192.0.2.2"), ("3", "192.0.2.3")))
+        registry = Registry(grace=0, degraded_grace=300)
+        runners = []
+        for name, server in (("fs1", fs1), ("fs2", fs2)):
+            port = await server.start()
+            runners.append(follow(Endpoint(name, "127.0.0.1", port, password="ClueCon"),
+                                  registry, backoff=Backoff(0.01, 0.05), timeout=2))
+        tasks = [asyncio.get_running_loop().create_task(r.run()) for r in runners]
+
+        async def until(pred):
+            for _ in range(500):
+                if pred():
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"timed out: {sorted(map(str, registry.bindings()))}")
+        try:
+            await until(lambda: all(r.state == "up" for r in runners))
+            assert {str(b) for b in registry.bindings()} == {
+                "1@pbx 192.0.2.1", "2@pbx 192.0.2.2", "3@pbx 192.0.2.3"}
+            assert {r.node for r in registry.rows()} == {"fs1", "fs2"}
+            fs2.table = []
+            await fs2.stop()
+            await until(lambda: runners[1].state == "down")
+            assert len(registry.bindings()) == 3  # degraded: fs2's rows kept
+            await fs2.start(fs2.port)
+            await until(lambda: runners[1].state == "up" and runners[1].connects == 2)
+            # fs2 came back empty; 2 is still held by fs1
+            assert {str(b) for b in registry.bindings()} == {"1@pbx 192.0.2.1",
+                                                              "2@pbx 192.0.2.2"}
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await fs1.stop()
+            await fs2.stop()
+    run(main())
+
+
 def test_event_arriving_during_a_resync_is_not_lost():
     async def main():
         server = FakeEsl(table=[], api_delay=0.3)
