@@ -340,6 +340,11 @@ class EndpointRunner:
                 self._down(str(e), level=logging.ERROR)
             except (EslError, OSError) as e:
                 self._down(str(e))
+            except ValueError as e:  # a snapshot that cannot be read
+                self._down(f"resync failed: {e}")
+            except Exception as e:  # a bug must not end the following
+                log.exception("ESL %s: unexpected error", self.endpoint.name)
+                self._down(f"unexpected error: {e!r}")
             delay = self.backoff.next()
             log.info("ESL %s: reconnecting in %.1f s", self.endpoint.name, delay)
             await asyncio.sleep(delay)

@@ -555,6 +555,21 @@ def test_fallback_to_show_registrations_when_sofia_does_not_answer_xml():
     run(main())
 
 
+def test_unreadable_snapshot_keeps_the_bindings_and_retries():
+    async def main():
+        server = FakeEsl(table=rows(("1", "192.0.2.1")))
+        async with Harness(server) as h:
+            await h.until(lambda: h.runner.state == "up")
+            server.api["sofia xmlstatus profile internal reg"] = "Invalid Profile!\n"
+            await server.drop()
+            await h.until(lambda: h.runner.connects >= 3)
+            assert "resync failed" in h.runner.last_error and "not XML" in h.runner.last_error
+            assert h.bindings() == {"1@pbx 192.0.2.1"}  # kept (degraded), not wiped
+            del server.api["sofia xmlstatus profile internal reg"]
+            await h.until(lambda: h.runner.state == "up")
+    run(main())
+
+
 def test_connection_api_and_command_errors():
     async def main():
         server = FakeEsl()
