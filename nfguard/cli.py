@@ -15,6 +15,12 @@ SUBCOMMANDS = {
     "bench": ("nfguard.bench", "measure the XDP program with BPF_PROG_TEST_RUN"),
     "attach": ("nfguard.cmd_attach", "load the classifier and attach it to an interface"),
     "detach": ("nfguard.cmd_detach", "detach nfguard's XDP and TC programs from an interface"),
+    "run": ("nfguard.cmd_run", "the daemon: follow FreeSWITCH, keep the kernel and nft in step"),
+    "status": ("nfguard.cmd_status", "daemon, ESL endpoints, kernel program, nft table, drift"),
+    "bindings": ("nfguard.cmd_bindings", "every user@realm and where it is bound"),
+    "check": ("nfguard.cmd_check", "what the kernel would do with USER@REALM's INVITE from IP"),
+    "events": ("nfguard.cmd_events", "follow the kernel's verdict events"),
+    "uninstall": ("nfguard.cmd_uninstall", "detach, delete the nft table and the pinned maps"),
 }
 
 

@@ -16,7 +16,6 @@ from .kernel import BPFFS, CAP_NET_ADMIN, can_load_bpf, effective_caps, fstype_o
 from .program import DEFAULT_PIN_DIR
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interface", "-i", required=True, metavar="IF",
                         help="interface the SIP traffic arrives on")
@@ -32,11 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="network namespace (under /var/run/netns) of the interface")
 
 
-def _check_privileges() -> None:
+def check_privileges(command: str = "nfguard attach") -> None:
     caps = effective_caps()
     if not (caps >> CAP_NET_ADMIN & 1 and can_load_bpf(caps)):
         raise AttachError(
-            "nfguard attach needs root (CAP_NET_ADMIN, and CAP_BPF or CAP_SYS_ADMIN): "
+            f"{command} needs root (CAP_NET_ADMIN, and CAP_BPF or CAP_SYS_ADMIN): "
             "run it with sudo or from the systemd unit"
         )
 
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Wrong input fails here, before the ~2 s compile.
     attach.check_interface(args.interface, netns=args.netns)
-    _check_privileges()
+    check_privileges()
     _check_pin_dir(args.pin_dir)
     from .program import Program
 

@@ -376,6 +376,41 @@ class Program:
         del self._bindings[key]
         return True
 
+    def update_bindings(self, add: Iterable[tuple[str, str, str, int]] = (),
+                        remove: Iterable[tuple[str, str, str]] = ()) -> None:
+        """Many bindings at once with the map's batch operations (one
+        syscall each way instead of one per binding): add or replace
+        (user, realm, ip, expires_ns), remove (user, realm, ip). Unlike
+        add_binding() this does not look for another credential in the same
+        hash slot: two credentials at one address colliding in a seeded
+        64-bit hash is not a case to pay a lookup per binding for."""
+        adds = list(add)
+        if adds:
+            keys = (self._bindings.Key * len(adds))()
+            vals = (self._bindings.Leaf * len(adds))()
+            for i, (user, realm, ip, expires_ns) in enumerate(adds):
+                u, r = check_credential(user, realm)
+                keys[i].cred_hash = cred_hash(self._seed, u, r)
+                ctypes.memmove(keys[i].addr, addr_bytes(ip), 16)
+                vals[i].expires_ns = max(0, min(expires_ns, NO_EXPIRY))
+                vals[i].user_len = len(u)
+                vals[i].realm_len = len(r)
+                vals[i].cred.user = u
+                vals[i].cred.realm = r
+            self._bindings.items_update_batch(keys, vals)
+        gone = list(remove)
+        if gone:
+            keys = (self._bindings.Key * len(gone))()
+            for i, (user, realm, ip) in enumerate(gone):
+                u, r = check_credential(user, realm)
+                keys[i].cred_hash = cred_hash(self._seed, u, r)
+                ctypes.memmove(keys[i].addr, addr_bytes(ip), 16)
+            try:
+                self._bindings.items_delete_batch(keys)
+            except Exception:  # bcc raises bare Exception; one key already gone stops it
+                for user, realm, ip in gone:
+                    self.remove_binding(user, realm, ip)
+
     def bindings(self) -> list[Binding]:
         return [
             Binding(bytes(v.cred.user)[: v.user_len].decode("utf-8", "replace"),

@@ -53,6 +53,24 @@ def split_frames(data: bytes) -> list[bytes]:
     return frames
 
 
+def register_frame(user: str, realm: str, ip: str, port: int = 5060, call_id: str = "",
+                   expires: int = 300, subclass: str = "sofia::register") -> bytes:
+    """A sofia::register (or unregister/expire) JSON event frame: the
+    captured register of 1001 with these values put in."""
+    import json
+    frame = event_frames("esl_json_register.bin")[-1]
+    body = json.loads(frame.split(b"\n\n", 1)[1])
+    contact = f'"" <sip:{user}@{ip}:{port}>'
+    body.update({"Event-Subclass": subclass, "username": user, "realm": realm,
+                 "from-user": user, "from-host": realm, "to-user": user, "to-host": realm,
+                 "network-ip": ip, "network-port": str(port), "contact": contact,
+                 "call-id": call_id or f"{user}-{ip}", "expires": str(expires)})
+    if subclass == "sofia::expire":
+        body.update({"user": user, "host": realm})
+    data = json.dumps(body, separators=(",", ":")).encode()
+    return b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(data) + data
+
+
 def event_frames(name: str) -> list[bytes]:
     """The event frames of a capture in freeswitch-real/, in order."""
     return [f for f in split_frames((REAL / name).read_bytes())
@@ -139,8 +157,13 @@ class FakeEsl:
         self.port = 0
         self.connections = 0
 
-    async def start(self, port: int = 0) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+    async def start(self, port: int = 0, sock=None) -> int:
+        """Listen on 127.0.0.1:port, or on a bound socket (one made inside
+        another network namespace, for a daemon running there)."""
+        if sock is not None:
+            self._server = await asyncio.start_server(self._serve, sock=sock)
+        else:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

@@ -1,0 +1,63 @@
+"""Optional Prometheus text metrics (`metrics: {listen: host:port}`): a
+tiny HTTP/1.0 responder on asyncio for GET /metrics, no dependency. The
+prometheus_client wheel would bring its own threads and registry for the
+dozen numbers below; Debian 12 packages it, but not for nfguard's sake."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def render(daemon) -> str:
+    st_reg = daemon.registry.bindings()
+    lines = [
+        "# HELP nfguard_packets_total Guarded packets by reason (XDP program).",
+        "# TYPE nfguard_packets_total counter",
+    ]
+    for reason, n in daemon.prog.counters().items():
+        lines.append(f'nfguard_packets_total{{reason="{reason}"}} {n}')
+    lines += [
+        "# HELP nfguard_bindings Bindings in the registry.",
+        "# TYPE nfguard_bindings gauge",
+        f"nfguard_bindings {len(st_reg)}",
+        "# HELP nfguard_esl_up ESL endpoint connected and in sync (1) or not (0).",
+        "# TYPE nfguard_esl_up gauge",
+    ]
+    for runner, _ in daemon.runners.values():
+        up = 1 if runner.state == "up" else 0
+        lines.append(f'nfguard_esl_up{{endpoint="{runner.endpoint.name}"}} {up}')
+    lines += [
+        "# HELP nfguard_synced The first full sync is done (1) or not (0).",
+        "# TYPE nfguard_synced gauge",
+        f"nfguard_synced {1 if daemon.synced else 0}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+async def serve_metrics(listen: str, daemon) -> asyncio.AbstractServer:
+    host, port = _host_port(listen)
+
+    async def on_client(reader, writer):
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)).strip():
+                pass  # headers
+            if request.split()[:2] == [b"GET", b"/metrics"]:
+                body = render(daemon).encode()
+                head = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+            else:
+                body = b"not found\n"
+                head = b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
+            writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError, IndexError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(on_client, host, port)

@@ -1,0 +1,361 @@
+"""`nfguard run` in a network namespace, fed by the fake ESL server.
+
+The daemon runs as a subprocess under `nsenter --net` in the PBX namespace
+of the test_netns topology: its interfaces (pbx1, pbx2), nft table and
+127.0.0.1 are that namespace's, while /sys/fs/bpf is the host's, so pinned
+maps outlive a daemon restart as on a real host. The fake ESL server
+listens on a socket made inside the namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import ROOT, need_kernel
+from fake_esl import FakeEsl, Row, register_frame
+from nfguard import attach as A
+from nfguard import control
+from test_netns import ADDR, Topo, recv_until, sentinel, sh  # noqa: F401 (fixture helpers)
+
+pytestmark = pytest.mark.netns
+
+USER, REALM = "1001", "pbx.example.com"
+PHONE, ATTACKER = ADDR["ipv4"]["phone"], ADDR["ipv4"]["attacker"]
+_seq = iter(range(1000))
+
+
+class EslThread:
+    """The fake ESL server on its own event loop thread, listening inside
+    the PBX namespace."""
+
+    def __init__(self, netns: str, table: list[Row]):
+        self.server = FakeEsl(table=table)
+        with A.in_netns(netns):
+            self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.call(self.server.start(sock=self.sock))
+
+    def call(self, coro, timeout: float = 10):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def push(self, *frames: bytes) -> None:
+        self.call(self.server.push(*frames))
+
+    def close(self) -> None:
+        self.call(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class Env:
+    def __init__(self, topo: Topo, tmp_path):
+        n = next(_seq)
+        self.topo = topo
+        self.pin_dir = f"/sys/fs/bpf/nfgt{os.getpid()}-{n}"
+        self.run_dir = f"/run/nfgt{os.getpid()}-{n}"
+        self.sock = f"{self.run_dir}/nfguard.sock"
+        self.config = str(tmp_path / "nfguard.yaml")
+        self.proc: subprocess.Popen | None = None
+        self.log = tmp_path / "daemon.log"
+        self.esl = EslThread(topo.pbx, [])
+
+    def write_config(self, **over) -> None:
+        cfg = {
+            "interfaces": ["pbx1", "pbx2"], "mode": "enforce", "action": "drop",
+            "esl": [{"name": "fs1", "host": "127.0.0.1", "port": self.esl.port,
+                     "password": "ClueCon"}],
+            "pin_dir": self.pin_dir, "socket": self.sock, "expiry_grace": 0,
+            "resync_interval": 300, "alert_interval": 300,
+        }
+        cfg.update(over)
+        with open(self.config, "w") as f:
+            json.dump(cfg, f)  # JSON is YAML
+
+    def nfguard(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+        argv = ["nsenter", f"--net=/var/run/netns/{self.topo.pbx}", sys.executable, "-m",
+                "nfguard", *args]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
+        if check and r.returncode != 0:
+            raise AssertionError(f"nfguard {' '.join(args)}: {r.stderr}")
+        return r
+
+    def start(self) -> None:
+        argv = ["nsenter", f"--net=/var/run/netns/{self.topo.pbx}", sys.executable, "-m",
+                "nfguard", "run", "--config", self.config]
+        self.logf = open(self.log, "a")
+        self.proc = subprocess.Popen(argv, stdout=self.logf, stderr=self.logf, cwd=ROOT)
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(20)
+        self.proc = None
+        self.logf.close()
+        return rc
+
+    def status(self) -> dict:
+        return control.request(self.sock, "status", timeout=10)
+
+    def until(self, pred, timeout: float = 20.0, what: str = ""):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"the daemon exited ({self.proc.returncode}):\n"
+                                     + self.log.read_text())
+            try:
+                last = self.status()
+                if pred(last):
+                    return last
+            except control.DaemonUnavailable:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; last status {last}\n"
+                             + self.log.read_text()[-3000:])
+
+    def nft_elements(self) -> dict[str, str]:
+        out = json.loads(sh("nft", "-j", "list", "set", "inet", "nfguard", "bindings_v4",
+                            ns=self.topo.pbx))
+        elems = next(o["set"] for o in out["nftables"] if "set" in o).get("elem", [])
+        res = {}
+        for e in elems:
+            e = e.get("elem", e)
+            res[e["val"]] = e.get("comment", "")
+        return res
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            self.esl.close()
+            shutil.rmtree(self.pin_dir, ignore_errors=True)
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def env(request, tmp_path):
+    need_kernel()
+    topo = Topo()
+    request.addfinalizer(topo.close)
+    topo.setup()
+    e = Env(topo, tmp_path)
+    request.addfinalizer(e.close)
+    return e
+
+
+def synced(st):
+    return st["synced"]
+
+
+def reaches(env: Env, src_ns: str, tag: str) -> bool:
+    """Does an INVITE of USER@REALM sent from src_ns reach the PBX's 5060
+    socket? A REGISTER sent after it on the same path (never guarded)
+    marks the point by which it would have arrived."""
+    from nfguard.packets import sip_request
+    a = ADDR["ipv4"]
+    s = env.topo.udp(src_ns)
+    dst = a["pbx1"] if src_ns == env.topo.phone else a["pbx2"]
+    invite = sip_request("INVITE", user=USER, realm=REALM, extra_headers=[f"X-Tag: {tag}"])
+    stop = sentinel(tag)
+    s.sendto(invite, (dst, 5060))
+    s.sendto(stop, (dst, 5060))
+    return any(data == invite for data, _ in recv_until(env.pbx5060, stop))
+
+
+def test_registration_reaches_bpf_and_nft_and_enforces(env):
+    env.write_config()
+    env.pbx5060 = env.topo.udp(env.topo.pbx)
+    env.pbx5060.bind(("0.0.0.0", 5060))
+    env.start()
+    st = env.until(synced, what="the first sync")
+    assert st["kernel"]["mode"] == "enforce" and st["bindings"]["registry"] == 0
+    assert all(i["nfguard_xdp"] and i["nfguard_tc"] for i in st["interfaces"])
+
+    env.esl.push(register_frame(USER, REALM, PHONE, call_id="c-phone"))
+    st = env.until(lambda s: s["bindings"]["bpf"] == 1 and s["bindings"]["nft"] == 1,
+                   what="the binding")
+    assert env.nft_elements() == {PHONE: f"{USER}@{REALM}"}
+    assert not any(st["drift"].values()) or not any(st["drift"]["nft"].values())
+    assert reaches(env, env.topo.phone, "bound")
+    assert not reaches(env, env.topo.attacker, "foreign")
+    st = env.until(lambda s: s["counters"].get("not_bound", 0) >= 1, what="the verdict count")
+    assert st["counters"]["bound"] >= 1
+
+    # unregister removes exactly that binding
+    env.esl.push(register_frame("2002", REALM, ATTACKER, call_id="c-other"))
+    env.until(lambda s: s["bindings"]["bpf"] == 2, what="a second binding")
+    env.esl.push(register_frame(USER, REALM, PHONE, call_id="c-phone", expires=0,
+                                subclass="sofia::unregister"))
+    env.until(lambda s: s["bindings"]["bpf"] == 1 and s["bindings"]["nft"] == 1,
+              what="the unregister")
+    assert env.nft_elements() == {ATTACKER: f"2002@{REALM}"}
+    assert not reaches(env, env.topo.phone, "after-unregister")
+
+    # expire removes exactly that binding
+    env.esl.push(register_frame("2002", REALM, ATTACKER, call_id="c-other",
+                                subclass="sofia::expire"))
+    env.until(lambda s: s["bindings"]["bpf"] == 0 and s["bindings"]["nft"] == 0,
+              what="the expire")
+
+
+def started(env: Env, **config) -> dict:
+    env.write_config(**config)
+    env.pbx5060 = env.topo.udp(env.topo.pbx)
+    env.pbx5060.bind(("0.0.0.0", 5060))
+    env.start()
+    return env.until(synced, what="the first sync")
+
+
+def test_resync_after_reconnect_removes_exactly_what_went(env):
+    env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1"),
+                            Row("2002", REALM, ATTACKER, 5060, "c2")]
+    st = started(env)
+    assert st["bindings"] == {"bpf": 2, "nft": 2, "registry": 2}
+    env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1")]
+    env.esl.call(env.esl.server.drop())
+    st = env.until(lambda s: s["esl"][0]["connects"] == 2 and s["bindings"]["bpf"] == 1
+                   and s["bindings"]["nft"] == 1, what="the resync")
+    assert env.nft_elements() == {PHONE: f"{USER}@{REALM}"}
+    assert [b["user"] for b in json.loads(env.nfguard("bindings", "--json", "--config",
+                                                      env.config, check=True).stdout)
+            ["bindings"]] == [USER]
+
+
+def test_restart_keeps_enforcing_and_converges(env):
+    env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1"),
+                            Row("2002", REALM, "10.200.2.99", 5060, "c2")]
+    started(env)
+    assert reaches(env, env.topo.phone, "before")
+    assert env.stop() == 0
+    # the daemon is gone: XDP, TC, pinned bindings and nft stay; enforcing
+    st_if = A.xdp_status("pbx1", netns=env.topo.pbx)
+    assert st_if.prog_name == "nfguard_xdp"
+    assert reaches(env, env.topo.phone, "daemon-down")
+    assert not reaches(env, env.topo.attacker, "daemon-down-attacker")
+    out = env.nfguard("status", "--json", "--config", env.config, check=True)
+    down = json.loads(out.stdout)
+    assert down["daemon"] == "down" and down["kernel"]["mode"] == "enforce"
+    assert down["bindings"] == {"bpf": 2, "nft": 2}
+    # while it was down, 2002 went away; the restart converges without a gap
+    env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1")]
+    env.start()
+    st = env.until(lambda s: s["synced"] and s["bindings"]["bpf"] == 1
+                   and s["bindings"]["nft"] == 1, what="convergence")
+    assert st["kernel"]["mode"] == "enforce"
+    assert not any(st["drift"]["nft"].values()) and not st["drift"]["bpf_extra"]
+    assert reaches(env, env.topo.phone, "after")
+
+
+def test_drift_is_seen_when_the_nft_set_is_edited_by_hand(env):
+    env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1")]
+    started(env)
+    sh("nft", "add", "element", "inet", "nfguard", "bindings_v4", "{ 10.9.9.9 }",
+       ns=env.topo.pbx)
+    sh("nft", "delete", "element", "inet", "nfguard", "bindings_v4", f"{{ {PHONE} }}",
+       ns=env.topo.pbx)
+    st = env.status()
+    assert st["drift"]["nft"]["extra"] == ["10.9.9.9"]
+    assert st["drift"]["nft"]["missing"] == [PHONE]
+    text = env.nfguard("status", "--config", env.config, check=True).stdout
+    assert "drift" in text and "10.9.9.9" in text
+
+
+def test_reject_mode_sends_icmp_to_the_attacker(env):
+    env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1")]
+    started(env, action="reject")
+    from nfguard.packets import sip_request
+    att = env.topo.udp(env.topo.attacker)
+    att.connect((ADDR["ipv4"]["pbx2"], 5060))
+    att.send(sip_request("INVITE", user=USER, realm=REALM))
+    att.settimeout(3)
+    with pytest.raises(OSError) as err:
+        att.recv(100)  # the ICMP error surfaces on the connected socket
+    assert not isinstance(err.value, socket.timeout), "no ICMP rejection arrived"
+    st = env.until(lambda s: (s["nft"]["rejected"] or {}).get("packets", 0) >= 1,
+                   what="the reject counter")
+    assert st["counters"]["not_bound"] >= 1
+
+
+def test_check_and_events_commands(env):
+    env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1")]
+    started(env)
+    out = json.loads(env.nfguard("check", f"{USER}@{REALM}", PHONE, "--json", "--config",
+                                 env.config, check=True).stdout)
+    assert (out["action"], out["reason"]) == ("pass", "bound")
+    out = json.loads(env.nfguard("check", f"{USER}@{REALM}", ATTACKER, "--json", "--config",
+                                 env.config, check=True).stdout)
+    assert (out["action"], out["reason"]) == ("drop", "not_bound")
+    assert "not registered" in out["explain"]
+    # the check ran in a private program: the live counters did not move
+    assert "not_bound" not in env.status()["counters"]
+    # a foreign INVITE: an event, an alert line in the log
+    got = []
+    reader = threading.Thread(target=lambda: got.extend(
+        ev for ev, _ in zip(control.stream(env.sock, "events"), range(1), strict=False)),
+        daemon=True)
+    reader.start()
+    time.sleep(0.3)
+    assert not reaches(env, env.topo.attacker, "event")
+    reader.join(5)
+    assert got and got[0]["reason"] == "not_bound" and got[0]["src"] == ATTACKER
+    env.until(lambda s: True)
+    assert "ALERT: the credentials of 1001@pbx.example.com were used from 10.200.2.2" in \
+        env.log.read_text()
+
+
+def test_sighup_reloads_and_a_bad_reload_keeps_the_running_config(env):
+    env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1")]
+    started(env)
+    env.write_config(mode="monitor")
+    env.proc.send_signal(signal.SIGHUP)
+    env.until(lambda s: s["kernel"]["mode"] == "monitor", what="the reload")
+    with open(env.config, "w") as f:
+        f.write("mdoe: enforce\n")
+    env.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert env.status()["kernel"]["mode"] == "monitor"
+    assert "reload refused" in env.log.read_text() and "mdoe" in env.log.read_text()
+
+
+def test_bad_config_attaches_nothing(env):
+    env.write_config(ports=[0])
+    r = env.nfguard("run", "--config", env.config)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ports" in lines[0], r.stderr
+    assert A.xdp_status("pbx1", netns=env.topo.pbx).prog_id == 0
+    assert "nfguard" not in sh("nft", "list", "tables", ns=env.topo.pbx)
+    assert not os.path.exists(env.pin_dir)
+    env.write_config(interfaces=["pbx1", "nosuch0"])
+    r = env.nfguard("run", "--config", env.config)
+    assert r.returncode == 1 and "nosuch0" in r.stderr
+    assert A.xdp_status("pbx1", netns=env.topo.pbx).prog_id == 0
+
+
+def test_uninstall_removes_everything(env):
+    env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1")]
+    started(env)
+    env.stop()
+    r = env.nfguard("uninstall", "--config", env.config, check=True)
+    assert "deleted table inet nfguard" in r.stdout
+    assert A.xdp_status("pbx1", netns=env.topo.pbx).prog_id == 0
+    assert A.tc_status("pbx1", netns=env.topo.pbx) == []
+    assert "nfguard" not in sh("nft", "list", "tables", ns=env.topo.pbx)
+    assert not os.path.exists(env.pin_dir)
