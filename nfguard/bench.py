@@ -2,6 +2,8 @@
 
 Targets (one function each in TARGETS; `xdp` is the default):
 
+- sync: 100,000 bindings into the map and nft sets, and registration to
+  enforcement latency at 1,000 registrations a second (nfguard/bench_sync.py).
 - esl: FreeSWITCH events parsed per second and a resync of 100,000
   registrations into the registry (nfguard/bench_esl.py).
 
@@ -33,6 +35,7 @@ from typing import Callable
 
 from . import packets
 from .bench_esl import bench_esl, print_esl
+from .bench_sync import bench_sync, print_sync
 from .errors import NfguardError
 
 DEFAULT_REPEAT = 100_000
@@ -254,6 +257,7 @@ TARGETS: dict[str, tuple[Callable[[int, int, int], dict],
                          Callable[[dict, int, int, int], None]]] = {
     "xdp": (bench_xdp, _print_xdp),
     "esl": (bench_esl, print_esl),
+    "sync": (bench_sync, print_sync),
 }
 
 

@@ -71,6 +71,18 @@ def test_bench_esl_json():
         assert result[key] > 0, key
 
 
+def test_bench_sync_json():
+    """The controller's targets; in a network namespace of its own."""
+    need_kernel()
+    out = nfguard("bench", "sync", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["bindings"] == 100_000 and 0 < result["sync_s"] < 60
+    lat = result["event_latency_ms"]
+    assert 0 < lat["p50"] <= lat["p99"] <= lat["max"]
+    assert result["peak_rss_mb"] > 0 and result["events"] == 3000
+
+
 def test_worst_case_frame():
     frame = bench.worst_case_invite()
     assert len(frame) == 1400
@@ -93,7 +105,7 @@ def test_cases_are_distinct_and_named():
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["bench", "sync"], "unknown bench target 'sync'"),
+    (["bench", "nosuch"], "unknown bench target 'nosuch'"),
     (["bench", "xdp", "--repeat", "0"], "--repeat"),
     (["bench", "xdp", "--repeat", "many"], "--repeat"),
     (["bench", "xdp", "--rounds", "-1"], "--rounds"),
