@@ -95,11 +95,12 @@ class Env:
             raise AssertionError(f"nfguard {' '.join(args)}: {r.stderr}")
         return r
 
-    def start(self) -> None:
+    def start(self, **env: str) -> None:
         argv = ["nsenter", f"--net=/var/run/netns/{self.topo.pbx}", sys.executable, "-m",
                 "nfguard", "run", "--config", self.config]
         self.logf = open(self.log, "a")
-        self.proc = subprocess.Popen(argv, stdout=self.logf, stderr=self.logf, cwd=ROOT)
+        self.proc = subprocess.Popen(argv, stdout=self.logf, stderr=self.logf, cwd=ROOT,
+                                     env={**os.environ, **env})
 
     def stop(self) -> int:
         if self.proc is None:
@@ -359,3 +360,36 @@ def test_uninstall_removes_everything(env):
     assert A.tc_status("pbx1", netns=env.topo.pbx) == []
     assert "nfguard" not in sh("nft", "list", "tables", ns=env.topo.pbx)
     assert not os.path.exists(env.pin_dir)
+
+
+def test_systemd_notify_metrics_and_a_root_only_socket(env, tmp_path):
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(20)
+    env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1")]
+    env.write_config(metrics={"listen": "127.0.0.1:9477"})
+    env.start(NOTIFY_SOCKET=str(tmp_path / "notify"), WATCHDOG_USEC="1000000",
+              WATCHDOG_PID="")
+    got = []
+    while not any(m.startswith(b"READY=1") for m in got):
+        got.append(notify.recv(4096))
+    assert b"STATUS=" in got[-1]
+    while b"WATCHDOG=1" not in got:
+        got.append(notify.recv(4096))
+    env.until(synced, what="the first sync")
+    mode = os.stat(env.sock).st_mode & 0o777
+    assert mode == 0o600 and os.stat(env.run_dir).st_mode & 0o777 == 0o700
+    with A.in_netns(env.topo.pbx):
+        c = socket.create_connection(("127.0.0.1", 9477), timeout=5)
+    with c:
+        c.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        body = b""
+        while chunk := c.recv(65536):
+            body += chunk
+    text = body.decode()
+    assert text.startswith("HTTP/1.0 200 OK")
+    assert "nfguard_bindings 1" in text and 'nfguard_esl_up{endpoint="fs1"} 1' in text
+    assert "nfguard_synced 1" in text
+    assert env.stop() == 0
+    while b"STOPPING=1" not in got:
+        got.append(notify.recv(4096))
