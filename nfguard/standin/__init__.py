@@ -1,0 +1,2 @@
+"""Stand-ins for FreeSWITCH, for the tests and `nfguard demo`: its Event
+Socket (fakeesl) and a SIP registrar/proxy with digest auth (pbx)."""
