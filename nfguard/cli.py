@@ -21,6 +21,9 @@ SUBCOMMANDS = {
     "check": ("nfguard.cmd_check", "what the kernel would do with USER@REALM's INVITE from IP"),
     "events": ("nfguard.cmd_events", "follow the kernel's verdict events"),
     "uninstall": ("nfguard.cmd_uninstall", "detach, delete the nft table and the pinned maps"),
+    "demo": ("nfguard.cmd_demo", "the main job without FreeSWITCH, in network namespaces"),
+    "selftest": ("nfguard.cmd_selftest", "check this host: kernel, headers, compile, rules, "
+                 "a namespace round trip"),
 }
 
 
