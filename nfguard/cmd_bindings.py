@@ -19,11 +19,11 @@ def run(args: argparse.Namespace) -> int:
         rows = control.request(socket_path(args.config), "bindings")["bindings"]
         source = "registry"
     except control.DaemonUnavailable:
+        from .cmd_status import pinned_program
         from .config import load_config
-        from .program import Program, boottime_ns
+        from .program import boottime_ns
 
-        cfg = load_config(args.config)
-        prog = Program(pin_dir=cfg.pin_dir)
+        prog = pinned_program(load_config(args.config))
         try:
             now, boot = time.time(), boottime_ns()
             rows = [{"user": b.user, "realm": b.realm, "ip": b.ip,

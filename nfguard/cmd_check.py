@@ -23,11 +23,12 @@ def run(args: argparse.Namespace) -> int:
         res = control.request(socket_path(args.config), "check", user=user, realm=realm,
                               ip=args.ip, timeout=30)
     except control.DaemonUnavailable:
+        from .cmd_status import pinned_program
         from .config import load_config
         from .program import Program
 
-        cfg = load_config(args.config)
-        live, checker = Program(pin_dir=cfg.pin_dir), Program()
+        live = pinned_program(load_config(args.config))
+        checker = Program()
         try:
             res = check_with(checker, user, realm, args.ip, live)
         finally:

@@ -25,14 +25,27 @@ def socket_path(config_path: str) -> str:
         return control.DEFAULT_SOCKET
 
 
+def pinned_program(cfg):
+    """The program loaded on the pinned maps, to read them while the daemon
+    is down; an error when there are none (loading would create them)."""
+    import os
+
+    from .errors import NfguardError
+    from .program import Program
+
+    if not os.path.exists(os.path.join(cfg.pin_dir, "config")):
+        raise NfguardError(f"the daemon is not running and there are no pinned maps in "
+                           f"{cfg.pin_dir}: nfguard has not run on this host yet")
+    return Program(pin_dir=cfg.pin_dir)
+
+
 def offline_status(config_path: str, why: str) -> dict:
     """What the pinned maps and the nft table say, without the daemon."""
     from .nftstate import NftState
-    from .program import Program
     from .status import kernel_status
 
     cfg = load_config(config_path)
-    prog = Program(pin_dir=cfg.pin_dir)
+    prog = pinned_program(cfg)
     try:
         st = kernel_status(prog, NftState(cfg.reject_mark), cfg)
     finally:

@@ -36,7 +36,7 @@ from .errors import AttachError, NfguardError
 from .esl import Backoff, EndpointRunner
 from .fsevents import follow
 from .nftstate import Element, NftState, element_comment
-from .registry import Binding, Diff, Registry
+from .registry import Binding, Diff, Registry, binding_of
 from .sdnotify import Notifier
 
 log = logging.getLogger("nfguard")
@@ -364,8 +364,7 @@ class Daemon:
     def bindings(self) -> list[dict]:
         nodes: dict[Binding, list[str]] = {}
         for reg in self.registry.rows():
-            b = Binding(reg.user.lower(), reg.realm.lower(), reg.ip)
-            nodes.setdefault(b, []).append(reg.node)
+            nodes.setdefault(binding_of(reg), []).append(reg.node)
         return [{"user": b.user, "realm": b.realm, "ip": b.ip, "expires": exp,
                  "nodes": sorted(set(nodes.get(b, [])))}
                 for b, exp in sorted(self.registry.bindings().items())]

@@ -393,3 +393,13 @@ def test_systemd_notify_metrics_and_a_root_only_socket(env, tmp_path):
     assert env.stop() == 0
     while b"STOPPING=1" not in got:
         got.append(notify.recv(4096))
+
+
+def test_status_without_daemon_or_pins_says_so_and_creates_nothing(env):
+    env.write_config()
+    for cmd in (["status"], ["bindings"], ["check", f"{USER}@{REALM}", PHONE]):
+        r = env.nfguard(*cmd, "--config", env.config)
+        assert r.returncode == 1, (cmd, r.stdout, r.stderr)
+        assert "nfguard has not run on this host yet" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(env.pin_dir)
