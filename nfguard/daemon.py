@@ -82,6 +82,8 @@ class Daemon:
         fresh = not os.path.exists(os.path.join(self.cfg.pin_dir, "config"))
         self.prog = Program(pin_dir=self.cfg.pin_dir)
         self._configure_kernel(fresh=fresh)
+        if not fresh:
+            self._hold_pinned_bindings()
         self.nft = NftState(self.cfg.reject_mark)
         self.nft.install(self.cfg.trusted)
         self._attach(self.cfg.interfaces)
@@ -89,6 +91,20 @@ class Daemon:
         log.info("nfguard %s: program loaded (%s maps in %s), mode %s until the first "
                  "full sync", __version__, "new" if fresh else "existing", self.cfg.pin_dir,
                  self.prog.config()["mode"])
+
+    def _hold_pinned_bindings(self) -> None:
+        """A restart: until the first full sync replaces them, the live
+        bindings of the pinned map are kept for the degraded grace, as for a
+        disconnected node (FreeSWITCH may be down too, and the phones'
+        refreshes cannot reach the map meanwhile)."""
+        boot = _boottime_ns()
+        floor = boot + int((self.cfg.degraded_grace + self.cfg.expiry_grace) * 1e9)
+        held = [(b.user, b.realm, b.ip, floor) for b in self.prog.bindings()
+                if boot < b.expires_ns < floor]
+        if held:
+            self.prog.update_bindings(add=held)
+            log.info("restart: %d pinned bindings held for %.0f s until the first full sync",
+                     len(held), self.cfg.degraded_grace + self.cfg.expiry_grace)
 
     def _configure_kernel(self, fresh: bool = False) -> None:
         cfg, prog = self.cfg, self.prog

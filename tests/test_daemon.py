@@ -403,3 +403,22 @@ def test_status_without_daemon_or_pins_says_so_and_creates_nothing(env):
         assert "nfguard has not run on this host yet" in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
     assert not os.path.exists(env.pin_dir)
+
+
+def test_restart_with_freeswitch_down_holds_the_bindings_for_the_degraded_grace(env):
+    env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1", expires_in=20)]
+    started(env, degraded_grace=600, expiry_grace=0)
+    assert env.stop() == 0
+    env.esl.call(env.esl.server.stop())  # FreeSWITCH is down as well
+    env.start()
+    env.until(lambda s: s["esl"] and s["esl"][0]["state"] == "down", what="ESL down")
+    from nfguard.program import Program, boottime_ns
+    prog = Program(pin_dir=env.pin_dir)
+    try:
+        (b,) = prog.bindings()
+        left = (b.expires_ns - boottime_ns()) / 1e9
+    finally:
+        prog.close()
+    assert 590 < left <= 600  # held for the degraded grace, not the 20 s left
+    assert reaches(env, env.topo.phone, "held")
+    assert "pinned bindings held for 600 s" in env.log.read_text()
