@@ -48,6 +48,27 @@ def sh(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.Comple
     return r
 
 
+def wait_status(sock_path: str, pred, timeout: float, what: str,
+                proc: subprocess.Popen | None, log_path: str) -> dict:
+    """The daemon's status once pred(status) holds; NfguardError (with the
+    end of its log) when the daemon exits or time runs out first."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise NfguardError(f"the daemon exited ({proc.returncode}): "
+                               + open(log_path).read()[-3000:])
+        try:
+            last = control.request(sock_path, "status")
+            if pred(last):
+                return last
+        except control.DaemonUnavailable:
+            pass
+        time.sleep(0.02)
+    raise NfguardError(f"timed out waiting for {what}; last status {last}: "
+                       + open(log_path).read()[-3000:])
+
+
 def scenario(name: str) -> str:
     return str(resources.files("nfguard.standin") / "scenarios" / f"{name}.xml")
 
@@ -155,20 +176,7 @@ class Lab:
         return control.request(self.sock_path, "status")
 
     def until(self, pred, timeout: float = 10, what: str = "") -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise NfguardError(f"the daemon exited ({self.proc.returncode}): "
-                                   + open(self.log_path).read()[-2000:])
-            try:
-                st = self.status()
-                if pred(st):
-                    return st
-            except control.DaemonUnavailable:
-                pass
-            time.sleep(0.02)
-        raise NfguardError(f"timed out waiting for {what}: "
-                           + open(self.log_path).read()[-2000:])
+        return wait_status(self.sock_path, pred, timeout, what, self.proc, self.log_path)
 
     # -- SIP peers -------------------------------------------------------------
     def sipp(self, who: str, name: str, ip: str | None = None, user: str = USER,

@@ -115,21 +115,8 @@ class Env:
         return control.request(self.sock, "status", timeout=10)
 
     def until(self, pred, timeout: float = 20.0, what: str = ""):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"the daemon exited ({self.proc.returncode}):\n"
-                                     + self.log.read_text())
-            try:
-                last = self.status()
-                if pred(last):
-                    return last
-            except control.DaemonUnavailable:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}; last status {last}\n"
-                             + self.log.read_text()[-3000:])
+        from nfguard.lab import wait_status
+        return wait_status(self.sock, pred, timeout, what, self.proc, str(self.log))
 
     def nft_elements(self) -> dict[str, str]:
         out = json.loads(sh("nft", "-j", "list", "set", "inet", "nfguard", "bindings_v4",
