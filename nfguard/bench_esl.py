@@ -87,29 +87,11 @@ def registrations(n: int, now: float) -> list[Registration]:
 
 
 def xmlstatus(regs: list[Registration], now: float) -> str:
-    """`sofia xmlstatus profile internal reg` as mod_sofia writes it."""
-    from html import escape
-    out = ['<?xml version="1.0" encoding="ISO-8859-1"?>\n<profile>\n  <registrations>\n']
-    for r in regs:
-        out.append(
-            "    <registration>\n"
-            f"        <call-id>{escape(r.call_id)}</call-id>\n"
-            f"        <user>{r.user}@{r.realm}</user>\n"
-            f"        <contact>{escape(r.contact)}</contact>\n"
-            "        <agent>Yealink SIP-T54W 96.86.0.100</agent>\n"
-            f"        <status>Registered(UDP)(unknown) exp(2026-11-27 13:50:56) "
-            f"expsecs({int(r.expires - now)})</status>\n"
-            "        <ping-status>Reachable</ping-status>\n"
-            "        <ping-time>0.00</ping-time>\n"
-            "        <host>vm</host>\n"
-            f"        <network-ip>{r.ip}</network-ip>\n"
-            f"        <network-port>{r.port}</network-port>\n"
-            f"        <sip-auth-user>{r.user}</sip-auth-user>\n"
-            f"        <sip-auth-realm>{r.realm}</sip-auth-realm>\n"
-            f"        <mwi-account>{r.user}@{r.realm}</mwi-account>\n"
-            "    </registration>\n")
-    out.append("  </registrations>\n</profile>\n")
-    return "".join(out)
+    """`sofia xmlstatus profile internal reg` as mod_sofia writes it (the
+    fake Event Socket's renderer)."""
+    from .standin.fakeesl import Row, reg_xml
+    return reg_xml([Row(r.user, r.realm, r.ip, r.port, r.call_id, r.contact,
+                        int(r.expires - now)) for r in regs], now)
 
 
 def _best(rounds: int, fn) -> float:

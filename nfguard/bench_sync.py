@@ -25,6 +25,7 @@ import time
 
 from .bench_esl import event_headers, json_frame, registrations
 from .errors import NfguardError
+from .standin.fakeesl import FakeEsl
 
 BINDINGS = 100_000
 EVENT_RATE = 1000  # a second
@@ -45,36 +46,6 @@ def _frame_bytes(i: int) -> bytes:
     return (b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(f.body)) + f.body
 
 
-class _Esl:
-    """Just enough of FreeSWITCH's Event Socket: auth, the subscription,
-    an empty registration table, then a stream of register events."""
-
-    def __init__(self):
-        self.writers: list[asyncio.StreamWriter] = []
-        self.subscribed = asyncio.Event()
-
-    async def serve(self, reader, writer):
-        writer.write(b"Content-Type: auth/request\n\n")
-        try:
-            while True:
-                cmd = (await reader.readuntil(b"\n\n")).decode().strip()
-                if cmd.startswith("auth "):
-                    writer.write(b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n")
-                elif cmd.startswith("event json"):
-                    writer.write(b"Content-Type: command/reply\n"
-                                 b"Reply-Text: +OK event listener enabled json\n\n")
-                    self.writers.append(writer)
-                elif cmd.startswith("api "):
-                    body = (b'<?xml version="1.0" encoding="ISO-8859-1"?>\n<profiles>\n'
-                            b"</profiles>\n")
-                    writer.write(b"Content-Type: api/response\nContent-Length: %d\n\n"
-                                 % len(body) + body)
-                    self.subscribed.set()
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-
-
 def bench_sync(repeat: int, rounds: int, loads: int = 1) -> dict:
     from .config import parse_config
     from .daemon import Daemon
@@ -88,9 +59,8 @@ def bench_sync(repeat: int, rounds: int, loads: int = 1) -> dict:
 
 
 async def _measure(Daemon, parse_config, NftState, Program) -> dict:
-    esl = _Esl()
-    server = await asyncio.start_server(esl.serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    esl = FakeEsl()  # an empty registration table, then the stream of events
+    port = await esl.start()
     cfg = parse_config({"interfaces": ["lo"], "mode": "enforce", "expiry_grace": 30,
                         "esl": [{"name": "fs1", "port": port, "password": "ClueCon"}]},
                        "bench")
@@ -124,11 +94,11 @@ async def _measure(Daemon, parse_config, NftState, Program) -> dict:
         daemon._apply = timed_apply
         daemon._start_runner(cfg.esl[0])
         flusher = asyncio.get_running_loop().create_task(daemon._flusher())
-        await asyncio.wait_for(esl.subscribed.wait(), 10)
+        await esl.wait_subscribed(timeout=10)
+        await esl.wait_commands("api sofia xmlstatus profile", timeout=10)
         await asyncio.sleep(0.2)  # the runner is past its (empty) resync
         frames = [_frame_bytes(i) for i in range(EVENTS)]
         sent: dict[str, float] = {}
-        writer = esl.writers[0]
         start = time.perf_counter()
         for i, frame in enumerate(frames):
             due = start + i / EVENT_RATE
@@ -136,8 +106,7 @@ async def _measure(Daemon, parse_config, NftState, Program) -> dict:
             if delay > 0:
                 await asyncio.sleep(delay)
             sent[str(10000 + BINDINGS + i)] = time.perf_counter()
-            writer.write(frame)
-            await writer.drain()
+            await esl.push(frame)
         deadline = time.perf_counter() + 10
         while len(done) < EVENTS and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
@@ -151,7 +120,7 @@ async def _measure(Daemon, parse_config, NftState, Program) -> dict:
     finally:
         daemon.nft.uninstall()
         daemon.prog.close()
-        server.close()
+        await esl.stop()
     return {
         "bindings": BINDINGS,
         "sync_s": round(sync_s, 3),

@@ -390,8 +390,9 @@ class Daemon:
         now = time.time()
         registry = self.registry.bindings()
         elements = {ip: self._element(ip) for ip in self._by_ip}
-        st = kernel_status(self.prog, self.nft, self.cfg, elements=elements)
-        bpf = {(b.user, b.realm, b.ip) for b in self.prog.bindings()}
+        in_map = self.prog.bindings()
+        st = kernel_status(self.prog, self.nft, self.cfg, elements=elements, bpf=in_map)
+        bpf = {(b.user, b.realm, b.ip) for b in in_map}
         reg = {tuple(b) for b in registry}
         st["bindings"]["registry"] = len(registry)
         st["drift"]["bpf_missing"] = sorted(f"{u}@{r} {ip}" for u, r, ip in reg - bpf)[:50]

@@ -309,7 +309,7 @@ class Registry:
         b = binding_of(reg)
         _index_add(self._holders, b, holder)
         touched.add(b)
-        heapq.heappush(self._heap, (self._row_expiry(node, reg), node, key, reg.expires))
+        self._schedule(node, key, reg)
 
     def _drop(self, node: str, key: RowKey, touched: set) -> None:
         rows = self._rows.get(node)

@@ -45,10 +45,13 @@ def interface_status(cfg) -> list[dict]:
     return out
 
 
-def kernel_status(prog, nft, cfg, elements: dict[str, Element] | None = None) -> dict:
+def kernel_status(prog, nft, cfg, elements: dict[str, Element] | None = None,
+                  bpf: list | None = None) -> dict:
     """Program config, interfaces, counters, binding counts, and the drift
-    between the bindings map and the nft sets."""
-    bpf = prog.bindings()
+    between the bindings map and the nft sets. bpf: prog.bindings(), when
+    the caller has it already."""
+    if bpf is None:
+        bpf = prog.bindings()
     if elements is None:
         elements = elements_of(bpf)
     nft_view = nft.read()  # one listing: at 100,000 elements each costs ~0.5 s
@@ -62,5 +65,6 @@ def kernel_status(prog, nft, cfg, elements: dict[str, Element] | None = None) ->
         "bindings": {"bpf": len(bpf), "nft": len(nft_view.get("bindings", {}))},
         "nft": {"table": bool(nft_view), "rejected": nft_view.get("rejected"),
                 "mark": nft_view.get("mark")},
-        "drift": {"nft": nft.drift(elements, time.time()) if nft_view else None},
+        "drift": {"nft": nft.drift(elements, time.time(), nft_view["bindings"])
+                  if nft_view else None},
     }
