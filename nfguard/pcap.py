@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator
 
-from .errors import NfguardError
+from nfguard.errors import NfguardError
 
 MAGIC_US = 0xA1B2C3D4
 MAGIC_NS = 0xA1B23C4D

@@ -16,8 +16,8 @@ import ipaddress
 import time
 from typing import Iterable
 
-from . import consts
-from .program import Verdict  # a dataclass; importing it does not load bcc
+from nfguard import consts
+from nfguard.kernel.program import Verdict  # a dataclass; importing it does not load bcc
 
 XDP_DROP, XDP_PASS = 1, 2
 

@@ -23,7 +23,7 @@ def kernel_unavailable() -> str | None:
         import bcc  # noqa: F401
     except ImportError:
         return "bcc (python3-bpfcc) is not importable"
-    from nfguard.kernel import headers_dir
+    from nfguard.kernel.host import headers_dir
 
     if not headers_dir():
         return "kernel headers are missing"
@@ -43,7 +43,7 @@ def program():
     """One load of the classifier for the whole session; each test resets
     its state with the `prog` fixture."""
     need_kernel()
-    from nfguard.program import Program
+    from nfguard.kernel.program import Program
 
     p = Program()
     yield p

@@ -1,12 +1,12 @@
 """Fixture helpers for the captures in tests/fixtures/, and the fake ESL
-server (now shipped in the package as nfguard.standin.fakeesl, which
+server (now shipped in the package as nfguard.lab.fakeesl, which
 `nfguard demo` runs too)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from nfguard.standin.fakeesl import (  # noqa: F401  (re-exported for the tests)
+from nfguard.lab.fakeesl import (  # noqa: F401  (re-exported for the tests)
     ACCEPTED, AUTH_REQUEST, BYE, DISCONNECT, INVALID, FakeEsl, Row, api_response,
     profiles_xml, reg_xml, register_frame, reply)
 

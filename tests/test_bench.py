@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from conftest import need_kernel
-from nfguard import bench, packets
+from nfguard.bench import xdp
+from nfguard import packets
 from nfguard.errors import NfguardError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

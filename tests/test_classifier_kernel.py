@@ -46,7 +46,7 @@ def reset(p) -> None:
 def small_program(program):
     """The classifier built with a 1 KiB scan buffer (loads in ~1.5 s)."""
     need_kernel()
-    from nfguard.program import Program
+    from nfguard.kernel.program import Program
 
     p = Program(cflags=SMALL_CFLAGS)
     yield p

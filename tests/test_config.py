@@ -7,10 +7,10 @@ import re
 import pytest
 
 from nfguard import consts
-from nfguard.config import (DEFAULT_PATH, TOP_KEYS, Config, ConfigError, Interface, load_config,
+from nfguard.daemon.config import (DEFAULT_PATH, TOP_KEYS, Config, ConfigError, Interface, load_config,
                             parse_config)
 from nfguard.errors import NfguardError
-from nfguard.esl import Endpoint
+from nfguard.daemon.esl import Endpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "config", "nfguard.yaml")

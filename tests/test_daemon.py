@@ -24,8 +24,8 @@ import pytest
 
 from conftest import ROOT, need_kernel
 from fake_esl import FakeEsl, Row, register_frame
-from nfguard import attach as A
-from nfguard import control
+from nfguard.kernel import attach as A
+from nfguard.daemon import control
 from test_netns import ADDR, Topo, recv_until, sentinel, sh  # noqa: F401 (fixture helpers)
 
 pytestmark = pytest.mark.netns
@@ -115,7 +115,7 @@ class Env:
         return control.request(self.sock, "status", timeout=10)
 
     def until(self, pred, timeout: float = 20.0, what: str = ""):
-        from nfguard.lab import wait_status
+        from nfguard.lab.world import wait_status
         return wait_status(self.sock, pred, timeout, what, self.proc, str(self.log))
 
     def nft_elements(self) -> dict[str, str]:
@@ -399,7 +399,7 @@ def test_restart_with_freeswitch_down_holds_the_bindings_for_the_degraded_grace(
     env.esl.call(env.esl.server.stop())  # FreeSWITCH is down as well
     env.start()
     env.until(lambda s: s["esl"] and s["esl"][0]["state"] == "down", what="ESL down")
-    from nfguard.program import Program, boottime_ns
+    from nfguard.kernel.program import Program, boottime_ns
     prog = Program(pin_dir=env.pin_dir)
     try:
         (b,) = prog.bindings()

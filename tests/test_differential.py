@@ -1011,7 +1011,7 @@ def test_corpus_reaches_reasons():
 @pytest.fixture(scope="module")
 def small_program(program):
     """A second load, compiled with a 1 KiB scan limit."""
-    from nfguard.program import Program
+    from nfguard.kernel.program import Program
 
     p = Program(cflags=[f"-DNFG_SCAN_MAX={SMALL_SCAN}"])
     yield p

@@ -14,9 +14,9 @@ import time
 import pytest
 
 from conftest import need_kernel
-from nfguard.lab import ADDR, USER, Lab
+from nfguard.lab.world import ADDR, USER, Lab
 from nfguard.packets import sip_request
-from nfguard.standin.pbx import REALM
+from nfguard.lab.pbx import REALM
 
 pytestmark = pytest.mark.netns
 
@@ -36,7 +36,7 @@ def authorized_from(lab: Lab, ip: str) -> int:
 def wait_bound(lab: Lab, ip: str, present: bool = True) -> float:
     """Seconds from the stand-in's 200 OK (its register or unregister
     event) until the daemon's kernel map says ip is (or is no longer) bound."""
-    from nfguard import control
+    from nfguard.daemon import control
     t0 = time.time()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -23,7 +23,7 @@ import time
 import pytest
 
 from conftest import ROOT, need_kernel
-from nfguard import attach as A
+from nfguard.kernel import attach as A
 from nfguard.errors import AttachError
 from nfguard.packets import sip_request
 

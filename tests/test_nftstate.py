@@ -21,7 +21,7 @@ import time
 import pytest
 
 from conftest import REQUIRE_KERNEL
-from nfguard.nftstate import (
+from nfguard.daemon.nftstate import (
     COMMENT_MAX, TABLE, Element, NftError, NftState, element_comment,
 )
 
@@ -108,7 +108,7 @@ def ns():
     """A fresh network namespace, entered by this thread for the test's
     duration, and deleted afterwards whatever happens."""
     need_nft()
-    from nfguard.attach import in_netns
+    from nfguard.kernel.attach import in_netns
 
     name = f"{PREFIX}{next(_seq)}"
     host = os.stat("/proc/thread-self/ns/net").st_ino
@@ -520,7 +520,7 @@ def test_element_comment_truncates_on_a_multibyte_boundary():
 
 
 def test_a_listing_with_an_element_twice_is_inconsistent():
-    from nfguard.nftstate import _consistent
+    from nfguard.daemon.nftstate import _consistent
 
     def listing(*elems):
         return [{"table": {"name": TABLE}}, {"set": {"name": "bindings_v4", "elem": list(elems)}}]

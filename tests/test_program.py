@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, need_kernel
 from nfguard import consts
 from nfguard import packets as P
-from nfguard.program import Program, addr_bytes, addr_str, cred_hash
+from nfguard.kernel.program import Program, addr_bytes, addr_str, cred_hash
 
 INVITE = P.sip_request(user="1001", realm="pbx.example.com")
 
@@ -167,7 +167,7 @@ def test_pinned_maps_survive_a_reload(pin_dir):
 
 def test_missing_headers_give_one_clear_line(tmp_path):
     env = dict(os.environ, NFGUARD_MODULES_DIR=str(tmp_path))
-    code = ("from nfguard.program import Program\n"
+    code = ("from nfguard.kernel.program import Program\n"
             "from nfguard.errors import NfguardError\n"
             "try:\n    Program()\nexcept NfguardError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,

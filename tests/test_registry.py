@@ -2,8 +2,8 @@
 
 import pytest
 
-from nfguard.fsevents import Registered, Registration, Snapshot, Unregistered
-from nfguard.registry import Binding, Diff, Registry, kernel_case
+from nfguard.daemon.fsevents import Registered, Registration, Snapshot, Unregistered
+from nfguard.daemon.registry import Binding, Diff, Registry, kernel_case
 
 T0 = 1_800_000_000.0
 

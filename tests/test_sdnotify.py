@@ -3,7 +3,7 @@
 import os
 import socket
 
-from nfguard.sdnotify import Notifier
+from nfguard.daemon.sdnotify import Notifier
 
 
 def listener(tmp_path, abstract=False):

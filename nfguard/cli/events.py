@@ -1,0 +1,27 @@
+"""`nfguard events`: follow the kernel's verdict events as the daemon sees
+them (one line each, or JSON with --json), until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from nfguard.daemon import control
+from nfguard.cli.status import add_arguments as _status_args, socket_path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _status_args(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    for ev in control.stream(socket_path(args.config), "events"):
+        if args.json:
+            print(json.dumps(ev), flush=True)
+        else:
+            print(f"{time.strftime('%H:%M:%S', time.localtime(ev['time']))} {ev['src']}:"
+                  f"{ev['sport']} {ev['user'] or '-'}@{ev['realm'] or '-'} {ev['reason']} -> "
+                  f"{ev['action']}" + (f" (would {ev['would']})"
+                                       if ev["would"] != ev["action"] else ""), flush=True)
+    return 0

@@ -1,0 +1,115 @@
+"""`nfguard status [--json]`: the daemon, its ESL endpoints, the kernel
+program and the nft table. While the daemon is down it still tells the
+truth, from the pinned maps and the nft table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from nfguard.daemon import control
+from nfguard.daemon.config import DEFAULT_PATH, ConfigError, load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", default=DEFAULT_PATH, metavar="FILE",
+                        help=f"config file (default: {DEFAULT_PATH})")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def socket_path(config_path: str) -> str:
+    try:
+        return load_config(config_path).socket
+    except ConfigError:
+        return control.DEFAULT_SOCKET
+
+
+def pinned_program(cfg):
+    """The program loaded on the pinned maps, to read them while the daemon
+    is down; an error when there are none (loading would create them)."""
+    import os
+
+    from nfguard.errors import NfguardError
+    from nfguard.kernel.program import Program
+
+    if not os.path.exists(os.path.join(cfg.pin_dir, "config")):
+        raise NfguardError(f"the daemon is not running and there are no pinned maps in "
+                           f"{cfg.pin_dir}: nfguard has not run on this host yet")
+    return Program(pin_dir=cfg.pin_dir)
+
+
+def offline_status(config_path: str, why: str) -> dict:
+    """What the pinned maps and the nft table say, without the daemon."""
+    from nfguard.daemon.nftstate import NftState
+    from nfguard.daemon.status import kernel_status
+
+    cfg = load_config(config_path)
+    prog = pinned_program(cfg)
+    try:
+        st = kernel_status(prog, NftState(cfg.reject_mark), cfg)
+    finally:
+        prog.close()
+    return {"daemon": "down", "why": why, "config": config_path, **st}
+
+
+def gather(config_path: str) -> dict:
+    try:
+        return control.request(socket_path(config_path), "status")
+    except control.DaemonUnavailable as e:
+        return offline_status(config_path, str(e))
+
+
+def _ago(t) -> str:
+    return "never" if not t else f"{time.time() - t:.0f} s ago"
+
+
+def show(st: dict) -> None:
+    k = st["kernel"]
+    print(f"daemon      {st['daemon']}" + (f" (pid {st['pid']}, up {st['uptime_s']:.0f} s)"
+                                           if st["daemon"] == "up" else f" ({st['why']})"))
+    print(f"mode        {k['mode']}, action {k['action']}, methods {', '.join(k['methods'])}, "
+          f"ports {', '.join(map(str, k['ports']))}, fragments {k['fragments']}")
+    if st["daemon"] == "up":
+        sync = ("done " + _ago(st["first_sync_at"]) if st["synced"] else
+                "waiting for the first full sync (monitor until then on a fresh start)")
+        print(f"sync        {sync}")
+        for e in st["esl"]:
+            extra = f", last error: {e['last_error']}" if e["state"] != "up" else ""
+            print(f"ESL         {e['name']} {e['host']}:{e['port']}: {e['state']}, last sync "
+                  f"{_ago(e['last_sync'])}{extra}")
+    for i in st["interfaces"]:
+        where = i["name"] + (f" (netns {i['netns']})" if i["netns"] else "")
+        if i.get("error"):
+            print(f"interface   {where}: {i['error']}")
+        else:
+            state = ("attached" if i["nfguard_xdp"] and i["nfguard_tc"] else
+                     "XDP only" if i["nfguard_xdp"] else "NOT attached")
+            print(f"interface   {where}: {state}, XDP {i['xdp']['mode'] or '-'}")
+    b = st["bindings"]
+    counts = ", ".join(f"{k} {v}" for k, v in b.items())
+    print(f"bindings    {counts}")
+    drift = st["drift"]
+    issues = {k: v for k, v in drift.items() if v}
+    nft = issues.pop("nft", None) or {}
+    nft = {k: v for k, v in nft.items() if v}
+    if issues or nft:
+        print(f"drift       {json.dumps({**issues, **({'nft': nft} if nft else {})})}")
+    else:
+        print("drift       none")
+    if st["nft"].get("rejected"):
+        print(f"rejected    {st['nft']['rejected']['packets']} packets (nft reject rule)")
+    if st["counters"]:
+        print("counters    " + ", ".join(f"{k} {v}" for k, v in sorted(st["counters"].items())))
+    for ev in st.get("recent_events", [])[-5:]:
+        print(f"event       {time.strftime('%H:%M:%S', time.localtime(ev['time']))} {ev['src']} "
+              f"{ev['user'] or '-'}@{ev['realm'] or '-'} {ev['reason']} -> {ev['action']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    st = gather(args.config)
+    if args.json:
+        print(json.dumps(st))
+    else:
+        show(st)
+    return 0

@@ -1,0 +1,1 @@
+"""`nfguard run`: follow FreeSWITCH and keep the kernel and nftables in step."""

@@ -1,0 +1,480 @@
+"""The daemon's configuration: /etc/nfguard/nfguard.yaml, loaded and checked.
+
+Everything is checked here, before anything is attached, so that a mistake
+stops the daemon with one line naming the file, the key and the problem
+rather than guarding the wrong thing. Unknown keys are errors (with the
+closest known key suggested): a misspelt `mdoe: enforce` must not silently
+leave the default in place. A key present with no value is an error too;
+to get a default, leave the key out.
+
+No side effects and no look-ups of the system (interfaces, namespaces): the
+daemon checks those when it attaches. The one exception is password_file,
+which must be readable now rather than fail on the first connect.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+from dataclasses import dataclass
+
+import yaml
+
+from nfguard import consts
+from nfguard.errors import NfguardError
+from nfguard.daemon.esl import Endpoint
+
+DEFAULT_PATH = "/etc/nfguard/nfguard.yaml"
+
+XDP_MODES = ("auto", "native", "generic")
+MODES = ("monitor", "enforce")
+ACTIONS = ("drop", "reject")
+FRAGMENTS = ("verdict", "pass")
+ON_STOP = ("keep", "detach")
+
+IFNAMSIZ = 16  # the kernel's limit, with the terminating NUL
+UNIX_PATH_MAX = 108  # sun_path, with the terminating NUL
+BPF_FS = "/sys/fs/bpf"
+
+
+class ConfigError(NfguardError):
+    """The configuration cannot be used; the message names file, key and problem."""
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    xdp_mode: str = "auto"
+    netns: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    interfaces: tuple[Interface, ...]
+    esl: tuple[Endpoint, ...]
+    ports: tuple[int, ...] = (5060,)
+    methods: tuple[str, ...] = ("INVITE",)
+    mode: str = "monitor"
+    action: str = "drop"
+    trusted: tuple[str, ...] = ()
+    fragments: str = "verdict"
+    resync_interval: float = 300.0
+    expiry_grace: float = 30.0
+    degraded_grace: float = 300.0
+    alert_interval: float = 300.0
+    events_per_sec: int = 100
+    reject_mark: int = consts.DEFAULT_REJECT_MARK
+    metrics_listen: str | None = None
+    on_stop: str = "keep"
+    pin_dir: str = "/sys/fs/bpf/nfguard"
+    socket: str = "/run/nfguard/nfguard.sock"
+
+
+TOP_KEYS = ("interfaces", "esl", "ports", "methods", "mode", "action", "trusted", "fragments",
+            "resync_interval", "expiry_grace", "degraded_grace", "alert_interval",
+            "events_per_sec", "reject_mark", "metrics", "on_stop", "pin_dir", "socket")
+INTERFACE_KEYS = ("name", "xdp_mode", "netns")
+ESL_KEYS = ("name", "host", "port", "password", "password_file")
+METRICS_KEYS = ("listen",)
+
+
+# -- loading ---------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error:
+    plain YAML keeps the last one silently, which hides a stale line."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key_node.value!r} appears twice in one mapping",
+                        key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_config(path: str = DEFAULT_PATH) -> Config:
+    """Read, parse and check the file at `path`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (an annotated example is config/nfguard.yaml "
+                          "in the source)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader: no Python objects
+    except yaml.MarkedYAMLError as e:
+        where = ""
+        if e.problem_mark is not None:
+            where = f"line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}: "
+        problem = " ".join(str(e.problem or e).split())  # one line
+        raise ConfigError(f"{path}: not valid YAML: {where}{problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    return parse_config(data, source=path)
+
+
+# -- checking --------------------------------------------------------------
+def parse_config(data, source: str = "config") -> Config:
+    """Check what yaml.safe_load returned and build the Config. The first
+    problem found raises ConfigError."""
+    c = _Checker(source)
+    if data is None:
+        c.fail("", "is empty: it needs at least 'interfaces' and 'esl'")
+    top = c.mapping("", data, TOP_KEYS, "with keys such as 'interfaces:' and 'esl:'")
+    for key in ("interfaces", "esl"):
+        if key not in top:
+            c.fail(key, "is required")  # after the unknown-key check: 'els' says so first
+
+    kw = {}
+    kw["interfaces"] = c.interfaces(top["interfaces"])
+    kw["esl"] = c.endpoints(top["esl"])
+    if "ports" in top:
+        kw["ports"] = c.ports(top["ports"])
+    if "methods" in top:
+        kw["methods"] = c.methods(top["methods"])
+    for key, choices in (("mode", MODES), ("action", ACTIONS), ("fragments", FRAGMENTS),
+                         ("on_stop", ON_STOP)):
+        if key in top:
+            kw[key] = c.choice(key, top[key], choices)
+    if "trusted" in top:
+        kw["trusted"] = c.trusted(top["trusted"])
+    for key, positive in (("resync_interval", True), ("expiry_grace", False),
+                          ("degraded_grace", False), ("alert_interval", True)):
+        if key in top:
+            kw[key] = c.seconds(key, top[key], positive)
+    if "events_per_sec" in top:
+        kw["events_per_sec"] = c.whole("events_per_sec", top["events_per_sec"], 0, 1_000_000)
+    if "reject_mark" in top:
+        kw["reject_mark"] = c.reject_mark(top["reject_mark"])
+    if "metrics" in top:
+        metrics = c.mapping("metrics", top["metrics"], METRICS_KEYS,
+                            "such as {listen: 127.0.0.1:9477}")
+        if "listen" in metrics:
+            kw["metrics_listen"] = c.listen("metrics.listen", metrics["listen"])
+    if "pin_dir" in top:
+        kw["pin_dir"] = c.pin_dir(top["pin_dir"])
+    if "socket" in top:
+        kw["socket"] = c.socket(top["socket"])
+    return Config(**kw)
+
+
+def _show(value) -> str:
+    """A value as the operator wrote it, short, on one line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _join(path: str, key) -> str:
+    key = key if isinstance(key, str) and key.isprintable() else _show(key)
+    return f"{path}.{key}" if path else key
+
+
+def _one_of(choices) -> str:
+    quoted = [f"'{c}'" for c in choices]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def _suggest(word, known) -> str:
+    close = difflib.get_close_matches(word, known, n=1)
+    if not close:  # a shortened key: xdp for xdp_mode
+        close = [k for k in known if word and k.startswith(word)]
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _bad_name(name: str) -> bool:
+    return any(ch.isspace() or not ch.isprintable() for ch in name)
+
+
+class _Checker:
+    """Checks values; `path` is the key path shown in messages (esl[0].port)."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, path: str, problem: str):
+        where = f"{self.source}: {path}: " if path else f"{self.source}: "
+        raise ConfigError(where + problem)
+
+    # -- shapes
+    def mapping(self, path, value, known, example) -> dict:
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping {example}, not {_show(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                hint = " (YAML reads a bare yes/no/on/off as true/false)" \
+                    if isinstance(key, bool) else ""
+                self.fail(_join(path, key), f"unknown key{hint}")
+            if key not in known:
+                hint = _suggest(key, known) or f" (known keys: {', '.join(known)})"
+                self.fail(_join(path, key), f"unknown key{hint}")
+        for key, item in value.items():
+            if item is None:
+                self.fail(_join(path, key), "has no value (to use the default, remove the key)")
+        return value
+
+    def seq(self, path, value, example) -> list:
+        if not isinstance(value, list):
+            self.fail(path, f"must be a list, e.g. {example}, not {_show(value)}")
+        for i, item in enumerate(value):
+            if item is None:
+                self.fail(f"{path}[{i}]", "is empty")
+        return value
+
+    def string(self, path, value, what) -> str:
+        if not isinstance(value, str):
+            hint = ""
+            if isinstance(value, (bool, int, float)):
+                hint = " (YAML read it as a number or boolean: put it in quotes)"
+            self.fail(path, f"must be {what}, not {_show(value)}{hint}")
+        if not value:
+            self.fail(path, f"must be {what}, not empty")
+        return value
+
+    # -- scalars
+    def whole(self, path, value, lo, hi) -> int:
+        # bool is an int in Python; `port: yes` is not a port
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            self.fail(path, f"must be a whole number from {lo} to {hi}, not {_show(value)}")
+        return value
+
+    def seconds(self, path, value, positive: bool) -> float:
+        ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+              and math.isfinite(value) and (value > 0 if positive else value >= 0))
+        if not ok:
+            rng = "greater than 0" if positive else "0 or more"
+            self.fail(path, f"must be a number of seconds {rng}, not {_show(value)}")
+        return float(value)
+
+    def choice(self, path, value, choices) -> str:
+        if not isinstance(value, str) or value not in choices:
+            hint = _suggest(value, choices) if isinstance(value, str) else ""
+            self.fail(path, f"must be {_one_of(choices)}, not {_show(value)}{hint}")
+        return value
+
+    def reject_mark(self, value) -> int:
+        # 0 is "no mark": the nftables rule could not tell rejected packets apart
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 1 << 32:
+            self.fail("reject_mark", "must be a non-zero 32-bit number (1 to 0xffffffff), "
+                      f"not {_show(value)}")
+        return value
+
+    def absolute_path(self, path, value) -> str:
+        text = self.string(path, value, "an absolute path")
+        if not text.startswith("/") or "\0" in text:
+            self.fail(path, f"must be an absolute path, not {_show(value)}")
+        return os.path.normpath(text)
+
+    def pin_dir(self, value) -> str:
+        # maps pinned elsewhere would not survive (or would not be on bpffs at all)
+        norm = self.absolute_path("pin_dir", value)
+        if not norm.startswith(BPF_FS + "/"):
+            self.fail("pin_dir", f"must be a directory under {BPF_FS}/ (the BPF filesystem), "
+                      f"not {_show(value)}")
+        return norm
+
+    def socket(self, value) -> str:
+        norm = self.absolute_path("socket", value)
+        if len(norm.encode()) >= UNIX_PATH_MAX:
+            self.fail("socket", f"is too long for a Unix socket path "
+                      f"(at most {UNIX_PATH_MAX - 1} bytes)")
+        return norm
+
+    def listen(self, path, value) -> str:
+        text = self.string(path, value, "'host:port', e.g. 127.0.0.1:9477 or [::1]:9477")
+        if text.startswith("["):
+            host, sep, port = text[1:].partition("]:")
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                sep = ""
+        else:
+            host, sep, port = text.rpartition(":")
+            if ":" in host:
+                self.fail(path, f"put an IPv6 address in brackets, e.g. [::1]:9477, "
+                          f"not {_show(value)}")
+        if not sep or not host or _bad_name(host):
+            self.fail(path, f"must be 'host:port', e.g. 127.0.0.1:9477 or [::1]:9477, "
+                      f"not {_show(value)}")
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            self.fail(path, f"the port must be a whole number from 1 to 65535, not {port!r}")
+        return text
+
+    # -- lists
+    def ports(self, value) -> tuple[int, ...]:
+        items = self.seq("ports", value, "[5060, 5080]")
+        if not items:
+            self.fail("ports", "must not be empty (nothing would be guarded)")
+        seen = set()
+        for i, port in enumerate(items):
+            self.whole(f"ports[{i}]", port, 1, 65535)
+            if port in seen:
+                self.fail(f"ports[{i}]", f"{port} is listed twice")
+            seen.add(port)
+        return tuple(items)
+
+    def methods(self, value) -> tuple[str, ...]:
+        items = self.seq("methods", value, "[INVITE]")
+        if not items:
+            self.fail("methods", "must not be empty (nothing would be guarded)")
+        for i, m in enumerate(items):
+            path = f"methods[{i}]"
+            self.string(path, m, "a SIP method name such as INVITE")
+            if m == "REGISTER":
+                self.fail(path, "REGISTER cannot be guarded: it is how bindings are made "
+                          "(a phone must be able to register from a new address)")
+            if m not in consts.METHOD_BITS:
+                if m.upper() in consts.METHOD_BITS or m.upper() == "REGISTER":
+                    hint = f" (method names are upper case: '{m.upper()}')"
+                else:
+                    hint = _suggest(m, consts.METHOD_BITS) or \
+                        f" (known: {', '.join(consts.METHOD_BITS)})"
+                self.fail(path, f"unknown SIP method {m!r}{hint}")
+            if m in items[:i]:
+                self.fail(path, f"{m} is listed twice")
+        return tuple(items)
+
+    def trusted(self, value) -> tuple[str, ...]:
+        items = self.seq("trusted", value, "[10.0.0.0/8, '2001:db8::/32']")
+        out: list[str] = []
+        for i, item in enumerate(items):
+            path = f"trusted[{i}]"
+            text = self.string(path, item, "a network such as 10.0.0.0/8 or 2001:db8::/32")
+            try:
+                net = ipaddress.ip_network(text)
+            except ValueError:
+                try:
+                    loose = ipaddress.ip_network(text, strict=False)
+                except ValueError:
+                    self.fail(path, f"{text!r} is not a network such as 10.0.0.0/8 "
+                              "or 2001:db8::/32")
+                self.fail(path, f"{text} has host bits set: did you mean {loose.with_prefixlen}?")
+            if getattr(net.network_address, "scope_id", None):
+                self.fail(path, f"{text}: a zone (%...) cannot be part of a trusted network")
+            if net.with_prefixlen in out:
+                self.fail(path, f"{net.with_prefixlen} is listed twice")
+            out.append(net.with_prefixlen)
+        return tuple(out)
+
+    def interfaces(self, value) -> tuple[Interface, ...]:
+        items = self.seq("interfaces", value, "[eth0]")
+        if not items:
+            self.fail("interfaces", "must not be empty (nfguard would guard nothing)")
+        out: list[Interface] = []
+        for i, item in enumerate(items):
+            path = f"interfaces[{i}]"
+            if not isinstance(item, (dict, list)):  # a bare name (a number gets "quote it")
+                item = {"name": item}
+                name_path = path
+            else:
+                self.mapping(path, item, INTERFACE_KEYS, "such as {name: eth0}, or a name")
+                if "name" not in item:
+                    self.fail(f"{path}.name", "is required (the device name, e.g. eth0)")
+                name_path = f"{path}.name"
+            name = self.ifname(name_path, item["name"])
+            xdp_mode = "auto"
+            if "xdp_mode" in item:
+                xdp_mode = self.choice(f"{path}.xdp_mode", item["xdp_mode"], XDP_MODES)
+            netns = None
+            if "netns" in item:
+                netns = self.netns(f"{path}.netns", item["netns"])
+            iface = Interface(name, xdp_mode, netns)
+            # the same name in two namespaces is two devices; in one, a copy-paste slip
+            for j, other in enumerate(out):
+                if (other.name, other.netns) == (name, netns):
+                    where = f" in netns {netns}" if netns else ""
+                    self.fail(name_path, f"{name}{where} is listed twice "
+                              f"(also interfaces[{j}])")
+            out.append(iface)
+        return tuple(out)
+
+    def ifname(self, path, value) -> str:
+        # the kernel's dev_valid_name(): < IFNAMSIZ bytes, no '/', ':' or space
+        name = self.string(path, value, "an interface name such as eth0")
+        if len(name.encode()) >= IFNAMSIZ:
+            self.fail(path, f"{name!r} is longer than {IFNAMSIZ - 1} bytes, "
+                      "the kernel's limit for interface names")
+        if name in (".", "..") or "/" in name or ":" in name or _bad_name(name):
+            self.fail(path, f"{name!r} is not a valid interface name "
+                      "(no '/', ':' or white space)")
+        return name
+
+    def netns(self, path, value) -> str:
+        name = self.string(path, value, "a network namespace name (under /var/run/netns)")
+        if name in (".", "..") or "/" in name or _bad_name(name):
+            self.fail(path, f"{name!r} is not a namespace name (a file name under "
+                      "/var/run/netns, as `ip netns` shows it)")
+        return name
+
+    def endpoints(self, value) -> tuple[Endpoint, ...]:
+        items = self.seq("esl", value, "[{host: 127.0.0.1, port: 8021, password: ...}]")
+        if not items:
+            self.fail("esl", "must not be empty (nfguard learns registrations from "
+                      "FreeSWITCH's Event Socket)")
+        out: list[Endpoint] = []
+        for i, item in enumerate(items):
+            ep = self.endpoint(f"esl[{i}]", item)
+            for j, other in enumerate(out):
+                if other.name == ep.name:
+                    what = "name" if "name" in item else "name (host:port, the default)"
+                    self.fail(f"esl[{i}].name", f"{what} {ep.name!r} is already used by "
+                              f"esl[{j}]: names must be unique")
+            out.append(ep)
+        return tuple(out)
+
+    def endpoint(self, path, item) -> Endpoint:
+        self.mapping(path, item, ESL_KEYS, "such as {host: 127.0.0.1, port: 8021, password: ...}")
+        host = "127.0.0.1"
+        if "host" in item:
+            host = self.string(f"{path}.host", item["host"], "a host name or address")
+            if _bad_name(host):
+                self.fail(f"{path}.host", f"{host!r} is not a host name or address")
+        port = 8021
+        if "port" in item:
+            port = self.whole(f"{path}.port", item["port"], 1, 65535)
+        if "name" in item:
+            name = self.string(f"{path}.name", item["name"], "a name for this FreeSWITCH node")
+            if _bad_name(name) or len(name) > 64:
+                self.fail(f"{path}.name", f"{name!r}: a node name is at most 64 characters, "
+                          "without white space (it is shown in logs and metrics)")
+        else:
+            name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if ("password" in item) == ("password_file" in item):
+            self.fail(path, "give exactly one of password and password_file")
+        password = password_file = None
+        if "password" in item:
+            password = self.string(f"{path}.password", item["password"], "text")
+            if "\n" in password or "\r" in password:  # `auth` is one line on the wire
+                self.fail(f"{path}.password", "must be on one line")
+        else:
+            password_file = self.password_file(f"{path}.password_file", item["password_file"])
+        return Endpoint(name, host, port, password, password_file)
+
+    def password_file(self, path, value) -> str:
+        # read now, so that a wrong path stops the start, not the first connect
+        file = self.absolute_path(path, value)
+        try:
+            with open(file, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            self.fail(path, f"cannot read {file}: {e.strerror}")
+        except UnicodeDecodeError:
+            self.fail(path, f"{file} is not UTF-8 text")
+        if not text.strip():
+            self.fail(path, f"{file} is empty")
+        return file

@@ -1,0 +1,295 @@
+"""FreeSWITCH registration events and tables, as registry input.
+
+What each source means (from mod_sofia's sofia_reg.c, confirmed by the
+captures in tests/fixtures/freeswitch-real/ and explained in their README):
+
+- `sofia::register`: `username` and `realm` are the digest credentials
+  (never `from-user`/`to-user`, whose names mod_sofia swaps); `network-ip`
+  and `network-port` are where the REGISTER came from (IPv6 unbracketed);
+  `expires` is relative seconds. FreeSWITCH keeps the row `expires` plus
+  its `sip-expires-late-margin` (60 s by default) before it expires it.
+- `sofia::unregister`: the same names, `expires: 0`. The variant sent when
+  a WS/TCP connection closes carries only profile-name, from-user,
+  from-host, call-id and `reason: socket-disconnection`: no contact and
+  no address.
+- `sofia::expire`: `expires` is an absolute epoch time; user names are
+  `user`/`username` and `host`/`realm`.
+- `pre_register`, `register_attempt`, `register_failure` also fire for
+  INVITE challenges and never change bindings: they are ignored.
+
+A row of FreeSWITCH's sofia_registrations table (in contact mode, the
+default) is identified by its call-id and contact: one Call-ID may hold
+several contacts (a phone that changed address keeps its old row until it
+expires), and a user may hold several rows.
+
+The snapshot comes from `sofia xmlstatus` (profile names) and `sofia
+xmlstatus profile NAME reg` (the same table the events come from, with
+network address, auth user and realm, and the seconds left);
+`show registrations as json` reads a core table that lags behind and is
+only a fallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import ipaddress
+import json
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from nfguard.daemon.esl import Frame
+
+# mod_sofia's default sip-expires-late-margin: how long after `expires`
+# FreeSWITCH itself still keeps a registration.
+DEFAULT_LATE_MARGIN = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    user: str
+    realm: str
+    ip: str
+    port: int
+    expires: float  # absolute, seconds since the epoch
+    profile: str
+    contact: str
+    call_id: str
+    node: str
+
+
+@dataclass(frozen=True)
+class Registered:
+    reg: Registration
+
+
+@dataclass(frozen=True)
+class Unregistered:
+    """An unregister or an expiry. `contact` None: the socket-close
+    unregister, which names only the call-id (and the user)."""
+    profile: str
+    call_id: str
+    contact: str | None
+    user: str
+    realm: str
+    why: str  # "unregister", "expire", "socket-disconnection"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A full registration table of one node."""
+    registrations: list[Registration]
+    source: str  # "sofia xmlstatus" or "show registrations"
+    skipped: list[str]  # rows that could not be read, why
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """No cyclic GC inside: bulk parsing and resyncs make hundreds of
+    thousands of objects, and the collector would scan the whole heap
+    several times over (half the time, or more)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+# -- event bodies ----------------------------------------------------------
+def event_headers(frame: Frame) -> dict[str, str]:
+    """The headers of an event frame: JSON keeps values raw; the plain
+    format's values are URL-encoded (decoded once, as libesl does)."""
+    if frame.content_type == "text/event-json":
+        try:
+            data = json.loads(frame.body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"event body is not JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError("event body is not a JSON object")
+        return {str(k): v if isinstance(v, str) else str(v) for k, v in data.items()}
+    if frame.content_type == "text/event-plain":
+        headers: dict[str, str] = {}
+        for line in frame.body.decode("utf-8", "replace").split("\n"):
+            name, sep, value = line.partition(": ")
+            if sep:
+                headers.setdefault(name, unquote(value))
+        return headers
+    raise ValueError(f"not an event frame: {frame.content_type!r}")
+
+
+def _required(h: dict[str, str], *names: str) -> list[str]:
+    missing = [n for n in names if not h.get(n)]
+    if missing:
+        raise ValueError(f"{h.get('Event-Subclass', 'event')} without {', '.join(missing)}")
+    return [h[n] for n in names]
+
+
+def normalize_ip(text: str) -> str:
+    """An address as nfguard stores it; ValueError when it is none."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return ipaddress.ip_address(text).compressed
+    except ValueError:
+        raise ValueError(f"bad network-ip {text[:60]!r}") from None
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"bad network-port {text[:20]!r}")
+    return int(text)
+
+
+def _seconds(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"bad {what} {text[:20]!r}") from None
+    if value != value or value < 0:
+        raise ValueError(f"bad {what} {text[:20]!r}")
+    return value
+
+
+def parse_event(frame: Frame, node: str, now: float,
+                late_margin: float = DEFAULT_LATE_MARGIN) -> Registered | Unregistered | None:
+    """A registry event from an ESL event frame; None for events that do
+    not change bindings. ValueError (with the reason) for a malformed one."""
+    h = event_headers(frame)
+    subclass = h.get("Event-Subclass", "")
+    if subclass == "sofia::register":
+        user, realm, ip, port, expires, profile, call_id = _required(
+            h, "username", "realm", "network-ip", "network-port", "expires",
+            "profile-name", "call-id")
+        return Registered(Registration(
+            user=user, realm=realm, ip=normalize_ip(ip), port=_port(port),
+            expires=now + _seconds(expires, "expires") + late_margin,
+            profile=profile, contact=h.get("contact", ""), call_id=call_id, node=node))
+    if subclass == "sofia::unregister":
+        profile, call_id = _required(h, "profile-name", "call-id")
+        if h.get("reason") == "socket-disconnection" or "contact" not in h:
+            # no contact, no address: every row of this call-id and user
+            return Unregistered(profile, call_id, None, h.get("from-user", ""),
+                                h.get("from-host", ""), "socket-disconnection")
+        user, realm = _required(h, "username", "realm")
+        return Unregistered(profile, call_id, h["contact"], user, realm, "unregister")
+    if subclass == "sofia::expire":
+        profile, call_id, contact, user, realm = _required(
+            h, "profile-name", "call-id", "contact", "username", "realm")
+        return Unregistered(profile, call_id, contact, user, realm, "expire")
+    return None
+
+
+# -- snapshots -------------------------------------------------------------
+def _xml(text: str, what: str) -> ET.Element:
+    # From a str, expat ignores the declared ISO-8859-1 (FreeSWITCH writes
+    # its strings' bytes, UTF-8 in practice, whatever it declares).
+    try:
+        return ET.fromstring(text)
+    except ET.ParseError as e:
+        raise ValueError(f"{what} is not XML ({e}): {text[:80]!r}") from None
+
+
+def parse_profiles(xml_text: str) -> list[str]:
+    """Profile names from `sofia xmlstatus` (aliases and gateways left out;
+    a profile listed once per transport counts once)."""
+    root = _xml(xml_text, "sofia xmlstatus")
+    names: list[str] = []
+    for el in root.iter("profile"):
+        name = (el.findtext("name") or "").strip()
+        if (el.findtext("type") or "").strip() == "profile" and name and name not in names:
+            names.append(name)
+    return names
+
+
+_EXPSECS = re.compile(r"expsecs\((-?\d+)\)")
+
+
+def parse_xmlstatus_reg(xml_text: str, node: str, profile: str, now: float,
+                        skipped: list[str] | None = None) -> list[Registration]:
+    """Registrations from `sofia xmlstatus profile NAME reg`. Rows that
+    cannot be read are named in `skipped` and left out."""
+    with gc_paused():
+        return _parse_xmlstatus_reg(xml_text, node, profile, now, skipped)
+
+
+def _parse_xmlstatus_reg(xml_text, node, profile, now, skipped) -> list[Registration]:
+    root = _xml(xml_text, f"sofia xmlstatus profile {profile} reg")
+    regs: list[Registration] = []
+    for el in root.iter("registration"):
+        f = {child.tag: (child.text or "").strip() for child in el}
+        try:
+            user, realm = f.get("sip-auth-user"), f.get("sip-auth-realm")
+            if not user or not realm:
+                raise ValueError("no sip-auth-user or sip-auth-realm")
+            m = _EXPSECS.search(f.get("status", ""))
+            if not m:
+                raise ValueError(f"no expsecs in status {f.get('status', '')[:60]!r}")
+            regs.append(Registration(
+                user=user, realm=realm, ip=normalize_ip(f.get("network-ip", "")),
+                port=_port(f.get("network-port", "")), expires=now + max(0, int(m.group(1))),
+                profile=profile, contact=f.get("contact", ""), call_id=f.get("call-id", ""),
+                node=node))
+        except ValueError as e:
+            if skipped is not None:
+                skipped.append(f"{f.get('user') or '?'} ({f.get('call-id') or 'no call-id'}): {e}")
+    return regs
+
+
+def parse_show_registrations(json_text: str, node: str, now: float,
+                             skipped: list[str] | None = None) -> list[Registration]:
+    """Registrations from `show registrations as json` (the fallback: it
+    has no profile, and `expires` is absolute)."""
+    try:
+        data = json.loads(json_text)
+    except ValueError as e:
+        raise ValueError(f"show registrations is not JSON: {e}") from None
+    if not isinstance(data, dict) or "row_count" not in data:
+        raise ValueError("show registrations: no row_count")
+    regs: list[Registration] = []
+    for row in data.get("rows") or []:
+        try:
+            regs.append(Registration(
+                user=row["reg_user"], realm=row["realm"], ip=normalize_ip(row["network_ip"]),
+                port=_port(row["network_port"]), expires=_seconds(row["expires"], "expires"),
+                profile="", contact=row.get("url", ""), call_id=row["token"], node=node))
+        except (KeyError, TypeError, ValueError) as e:
+            if skipped is not None:
+                skipped.append(f"{row!r:.80}: {e}")
+    return regs
+
+
+async def read_snapshot(conn, node: str, clock) -> Snapshot:
+    """The node's whole registration table over an open EslConnection."""
+    skipped: list[str] = []
+    profiles_xml = await conn.api("sofia xmlstatus")
+    if profiles_xml.lstrip().startswith("<"):
+        regs: list[Registration] = []
+        for profile in parse_profiles(profiles_xml):
+            body = await conn.api(f"sofia xmlstatus profile {profile} reg")
+            regs.extend(parse_xmlstatus_reg(body, node, profile, clock(), skipped))
+        return Snapshot(regs, "sofia xmlstatus", skipped)
+    # mod_sofia not answering in XML (not loaded?): the core table
+    body = await conn.api("show registrations as json")
+    return Snapshot(parse_show_registrations(body, node, clock(), skipped),
+                    "show registrations", skipped)
+
+
+def follow(endpoint, sink, *, late_margin: float = DEFAULT_LATE_MARGIN, **kwargs):
+    """An esl.EndpointRunner that keeps `sink` (the registry) in step with
+    the endpoint's registrations: snapshots from sofia xmlstatus, events
+    parsed here."""
+    import time
+
+    from nfguard.daemon.esl import EndpointRunner
+
+    clock = kwargs.setdefault("clock", time.time)
+    return EndpointRunner(
+        endpoint, sink,
+        snapshot=lambda conn: read_snapshot(conn, endpoint.name, clock),
+        parse=lambda frame: parse_event(frame, endpoint.name, clock(), late_margin),
+        **kwargs)

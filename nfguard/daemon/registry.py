@@ -1,0 +1,354 @@
+"""Where each user@realm is registered: FreeSWITCH's registrations, merged
+over ESL endpoints (nodes), as the bindings the kernel and nftables hold.
+
+Pure logic, no I/O. Every change returns a Diff: the bindings that appeared
+or whose expiry moved, and the ones that went. Applying the diffs in order
+to an empty set gives `bindings()`.
+
+- A row is one registration as FreeSWITCH keeps it: (node, profile,
+  call-id, contact). Its expiry is FreeSWITCH's own (the late margin
+  included). A binding is (user, realm, address), user and realm
+  lower-cased in ASCII as the kernel compares them; it lives while any row
+  holds it, until the latest of their expiries plus `grace`.
+- A resync replaces one node's rows with its snapshot; rows that did not
+  change, and expiries that moved by no more than `resync_tolerance`
+  seconds (clocks and rounding), give no diff.
+- While a node is disconnected (degraded) its rows are kept for
+  `degraded_grace` seconds from the disconnection even past their own
+  expiry (the phones refresh, but the events cannot arrive), then expire.
+- A registration whose user or realm is too long for the kernel's key is
+  not stored: it is reported in Diff.rejected and in `rejected`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Iterable, NamedTuple
+
+from nfguard.consts import REALM_MAX, USER_MAX
+from nfguard.daemon.fsevents import Registered, Registration, Snapshot, Unregistered, gc_paused
+
+DEFAULT_GRACE = 30.0
+DEFAULT_DEGRADED_GRACE = 300.0
+DEFAULT_RESYNC_TOLERANCE = 5.0
+
+
+class Binding(NamedTuple):
+    user: str
+    realm: str
+    ip: str
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.realm} {self.ip}"
+
+
+def kernel_case(text: str) -> str:
+    """Lower-case ASCII letters only, as the XDP program does."""
+    return text.lower() if text.isascii() else text.encode("utf-8").lower().decode("utf-8")
+
+
+_new_binding = tuple.__new__  # a NamedTuple without its slow keyword __new__
+
+
+def binding_of(reg: Registration) -> Binding:
+    user, realm = reg.user, reg.realm
+    return _new_binding(Binding, (
+        user.lower() if user.isascii() else kernel_case(user),
+        realm.lower() if realm.isascii() else kernel_case(realm),
+        reg.ip))
+
+
+def _bytes_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def too_long(reg: Registration, user_max: int = USER_MAX, realm_max: int = REALM_MAX) -> str:
+    """Why the kernel cannot hold this registration's binding, or ''."""
+    ulen, rlen = _bytes_len(reg.user), _bytes_len(reg.realm)
+    if ulen > user_max:
+        return f"user is {ulen} bytes, the limit is {user_max}"
+    if rlen > realm_max:
+        return f"realm is {rlen} bytes, the limit is {realm_max}"
+    return ""
+
+
+@dataclass
+class Diff:
+    added: dict[Binding, float] = field(default_factory=dict)  # new, or expiry moved
+    removed: set[Binding] = field(default_factory=set)
+    rejected: list[tuple[Registration, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.rejected)
+
+    def then(self, later: Diff) -> Diff:
+        """This diff followed by `later`, as one."""
+        for b, exp in later.added.items():
+            self.added[b] = exp
+            self.removed.discard(b)
+        for b in later.removed:
+            self.added.pop(b, None)
+            self.removed.add(b)
+        self.rejected.extend(later.rejected)
+        return self
+
+
+RowKey = tuple  # (profile, call_id, contact), within one node
+
+
+# Index values are a single tuple, or a set of them when there are several:
+# nearly every binding and call-id has one row, and a set per entry would
+# be most of the registry's memory.
+def _index_add(index: dict, key, item: tuple) -> None:
+    have = index.get(key)
+    if have is None:
+        index[key] = item
+    elif type(have) is set:
+        have.add(item)
+    elif have != item:
+        index[key] = {have, item}
+
+
+def _index_remove(index: dict, key, item: tuple) -> None:
+    have = index.get(key)
+    if type(have) is set:
+        have.discard(item)
+        if len(have) == 1:
+            index[key] = next(iter(have))
+    elif have == item:
+        del index[key]
+
+
+def _index_items(index: dict, key) -> list[tuple]:
+    have = index.get(key)
+    if have is None:
+        return []
+    return list(have) if type(have) is set else [have]
+
+
+class Registry:
+    def __init__(self, *, grace: float = DEFAULT_GRACE,
+                 degraded_grace: float = DEFAULT_DEGRADED_GRACE,
+                 resync_tolerance: float = DEFAULT_RESYNC_TOLERANCE,
+                 user_max: int = USER_MAX, realm_max: int = REALM_MAX):
+        self.grace = grace
+        self.degraded_grace = degraded_grace
+        self.resync_tolerance = resync_tolerance
+        self.user_max = user_max
+        self.realm_max = realm_max
+        self._rows: dict[str, dict[RowKey, Registration]] = {}
+        # binding -> its row (node, key), or a set of them when several
+        self._holders: dict[Binding, tuple | set[tuple]] = {}
+        self._by_call: dict[tuple[str, str, str], RowKey | set[RowKey]] = {}
+        self._effective: dict[Binding, float] = {}
+        self._heap: list[tuple[float, str, RowKey, float]] = []
+        self.down_since: dict[str, float] = {}
+        self.rejected: dict[tuple[str, RowKey], tuple[Registration, str]] = {}
+
+    # -- reading -------------------------------------------------------------
+    def bindings(self) -> dict[Binding, float]:
+        """Every binding and its expiry (seconds since the epoch)."""
+        return dict(self._effective)
+
+    def rows(self, node: str | None = None) -> list[Registration]:
+        nodes = [node] if node is not None else list(self._rows)
+        return [reg for n in nodes for reg in self._rows.get(n, {}).values()]
+
+    def nodes(self) -> list[str]:
+        return sorted(set(self._rows) | set(self.down_since))
+
+    def next_expiry(self) -> float | None:
+        """When expire() may next have something to do."""
+        return self._heap[0][0] + self.grace if self._heap else None
+
+    # -- changing ------------------------------------------------------------
+    def apply(self, node: str, event, now: float) -> Diff:
+        """One event of `node` (fsevents.Registered or Unregistered)."""
+        diff, touched = Diff(), set()
+        if isinstance(event, Registered):
+            self._store(node, event.reg, touched, diff)
+        elif isinstance(event, Unregistered):
+            if event.contact is not None:
+                key = (event.profile, event.call_id, event.contact)
+                self._drop(node, key, touched)
+                self.rejected.pop((node, key), None)
+            else:
+                self._drop_call(node, event, touched)
+        else:
+            raise TypeError(f"not a registry event: {event!r}")
+        return self._settle(touched, diff)
+
+    def resync(self, node: str, snapshot: Snapshot | Iterable[Registration],
+               now: float) -> Diff:
+        """Replace `node`'s rows with a full snapshot of its table; the
+        node is connected again."""
+        regs = snapshot.registrations if isinstance(snapshot, Snapshot) else snapshot
+        with gc_paused():
+            return self._resync(node, regs)
+
+    def _resync(self, node: str, regs: Iterable[Registration]) -> Diff:
+        diff, touched = Diff(), set()
+        if self.down_since.pop(node, None) is not None:
+            for reg in self._rows.get(node, {}).values():
+                touched.add(binding_of(reg))  # their expiry is their own again
+        old = self._rows.get(node, {})
+        fresh: dict[RowKey, Registration] = {}
+        for reg in regs:
+            fresh[(reg.profile, reg.call_id, reg.contact)] = reg
+        for key in [k for k in old if k not in fresh]:
+            self._drop(node, key, touched)
+        for key in [k for (n, k) in self.rejected if n == node and k not in fresh]:
+            del self.rejected[(node, key)]
+        tolerance = self.resync_tolerance
+        new_rows = []
+        for key, reg in fresh.items():
+            have = old.get(key)
+            if have is None:
+                new_rows.append(reg)
+            elif not (have.user == reg.user and have.realm == reg.realm
+                      and have.ip == reg.ip and have.port == reg.port
+                      and abs(have.expires - reg.expires) <= tolerance):
+                self._store(node, reg, touched, diff)
+        self._insert(node, new_rows, touched, diff)
+        return self._settle(touched, diff)
+
+    def _insert(self, node: str, regs: list[Registration], touched: set, diff: Diff) -> None:
+        """_store() for rows the node does not hold yet, in bulk: the whole
+        table on a first sync, where per-row calls would double the time."""
+        rows = self._rows.setdefault(node, {})
+        by_call, heap = self._by_call, self._heap
+        holders, effective, added = self._holders, self._effective, diff.added
+        user_max, realm_max, grace = self.user_max, self.realm_max, self.grace
+        up = node not in self.down_since
+        for reg in regs:
+            user, realm = reg.user, reg.realm
+            if not (user.isascii() and realm.isascii() and len(user) <= user_max
+                    and len(realm) <= realm_max):
+                self._store(node, reg, touched, diff)  # maybe rejected
+                continue
+            key = (reg.profile, reg.call_id, reg.contact)
+            rows[key] = reg
+            _index_add(by_call, (node, reg.profile, reg.call_id), key)
+            b = _new_binding(Binding, (user.lower(), realm.lower(), reg.ip))
+            until = reg.expires if up else self._row_expiry(node, reg)
+            if b in holders:
+                _index_add(holders, b, (node, key))
+                touched.add(b)
+            else:  # a binding of this row alone: settled here
+                holders[b] = (node, key)
+                effective[b] = added[b] = until + grace
+            heap.append((until, node, key, reg.expires))
+        if self.rejected:
+            for reg in regs:
+                self.rejected.pop((node, (reg.profile, reg.call_id, reg.contact)), None)
+        if not rows:
+            del self._rows[node]
+        heapq.heapify(heap)
+
+    def node_down(self, node: str, now: float) -> Diff:
+        """`node` disconnected: keep its rows for degraded_grace seconds."""
+        if node in self.down_since:
+            return Diff()
+        self.down_since[node] = now
+        touched = {binding_of(reg) for reg in self._rows.get(node, {}).values()}
+        for key, reg in self._rows.get(node, {}).items():
+            self._schedule(node, key, reg)
+        return self._settle(touched, Diff())
+
+    def expire(self, now: float) -> Diff:
+        """Drop the rows whose time (plus grace) has come."""
+        touched: set[Binding] = set()
+        heap = self._heap
+        while heap and heap[0][0] + self.grace <= now:
+            _, node, key, stamp = heapq.heappop(heap)
+            reg = self._rows.get(node, {}).get(key)
+            if reg is None or reg.expires != stamp:
+                continue  # replaced or gone since it was scheduled
+            until = self._row_expiry(node, reg)
+            if until + self.grace > now:
+                heapq.heappush(heap, (until, node, key, stamp))
+                continue
+            self._drop(node, key, touched)
+        return self._settle(touched, Diff())
+
+    # -- internals -----------------------------------------------------------
+    def _row_expiry(self, node: str, reg: Registration) -> float:
+        if not self.down_since or node not in self.down_since:
+            return reg.expires
+        return max(reg.expires, self.down_since[node] + self.degraded_grace)
+
+    def _schedule(self, node: str, key: RowKey, reg: Registration) -> None:
+        heapq.heappush(self._heap, (self._row_expiry(node, reg), node, key, reg.expires))
+
+    def _store(self, node: str, reg: Registration, touched: set, diff: Diff) -> None:
+        key = (reg.profile, reg.call_id, reg.contact)
+        user, realm = reg.user, reg.realm
+        if not (user.isascii() and realm.isascii() and len(user) <= self.user_max
+                and len(realm) <= self.realm_max):
+            why = too_long(reg, self.user_max, self.realm_max)
+            if why:
+                self._drop(node, key, touched)
+                self.rejected[(node, key)] = (reg, why)
+                diff.rejected.append((reg, why))
+                return
+        if self.rejected:
+            self.rejected.pop((node, key), None)
+        rows = self._rows.get(node)
+        if rows is None:
+            rows = self._rows[node] = {}
+        old = rows.get(key)
+        holder = (node, key)
+        if old is not None:
+            old_b = binding_of(old)
+            _index_remove(self._holders, old_b, holder)
+            touched.add(old_b)
+        else:
+            _index_add(self._by_call, (node, reg.profile, reg.call_id), key)
+        rows[key] = reg
+        b = binding_of(reg)
+        _index_add(self._holders, b, holder)
+        touched.add(b)
+        self._schedule(node, key, reg)
+
+    def _drop(self, node: str, key: RowKey, touched: set) -> None:
+        rows = self._rows.get(node)
+        reg = rows.pop(key, None) if rows else None
+        if reg is None:
+            return
+        b = binding_of(reg)
+        _index_remove(self._holders, b, (node, key))
+        touched.add(b)
+        _index_remove(self._by_call, (node, reg.profile, reg.call_id), key)
+        if not rows:
+            del self._rows[node]
+
+    def _drop_call(self, node: str, event: Unregistered, touched: set) -> None:
+        """The socket-close unregister: every row of the call-id whose user
+        is the one named (all of them when none is named)."""
+        user = kernel_case(event.user)
+        for key in _index_items(self._by_call, (node, event.profile, event.call_id)):
+            reg = self._rows[node][key]
+            if not user or kernel_case(reg.user) == user:
+                self._drop(node, key, touched)
+
+    def _settle(self, touched: set[Binding], diff: Diff) -> Diff:
+        holders, effective, rows = self._holders, self._effective, self._rows
+        grace, all_up = self.grace, not self.down_since
+        added, removed = diff.added, diff.removed
+        for b in touched:
+            have = holders.get(b)
+            if have is None:
+                if effective.pop(b, None) is not None:
+                    removed.add(b)
+                continue
+            if type(have) is set:
+                until = max(self._row_expiry(n, rows[n][k]) for n, k in have) + grace
+            elif all_up:
+                until = rows[have[0]][have[1]].expires + grace
+            else:
+                until = self._row_expiry(have[0], rows[have[0]][have[1]]) + grace
+            if effective.get(b) != until:
+                effective[b] = until
+                added[b] = until
+        return diff

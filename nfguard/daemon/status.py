@@ -1,0 +1,70 @@
+"""What the kernel and nftables hold, for `nfguard status`: the same view
+whether the daemon gathers it or the CLI does while the daemon is down
+(from the pinned maps and the nft table)."""
+
+from __future__ import annotations
+
+import time
+
+from nfguard.kernel import attach
+from nfguard.errors import NfguardError
+from nfguard.daemon.nftstate import Element, element_comment
+
+
+def elements_of(bindings) -> dict[str, Element]:
+    """nft elements (one per address) from bindings with a boot-time
+    expiry (program.Binding): what the sets should hold."""
+    from nfguard.kernel.program import NO_EXPIRY, boottime_ns
+
+    now, boot = time.time(), boottime_ns()
+    by_ip: dict[str, list] = {}
+    for b in bindings:
+        by_ip.setdefault(b.ip, []).append(b)
+    out = {}
+    for ip, bs in by_ip.items():
+        exp = max(b.expires_ns for b in bs)
+        expires = now + 10 * 365 * 86400 if exp >= NO_EXPIRY else now + (exp - boot) / 1e9
+        out[ip] = Element(expires, element_comment(f"{b.user}@{b.realm}" for b in bs))
+    return out
+
+
+def interface_status(cfg) -> list[dict]:
+    out = []
+    for itf in cfg.interfaces:
+        row = {"name": itf.name, "netns": itf.netns, "configured_xdp_mode": itf.xdp_mode}
+        try:
+            xdp = attach.xdp_status(itf.name, netns=itf.netns)
+            tc = attach.tc_status(itf.name, netns=itf.netns)
+            row["xdp"] = {"mode": xdp.mode, "prog": xdp.prog_name, "id": xdp.prog_id}
+            row["nfguard_xdp"] = xdp.prog_name == attach.XDP_PROG_NAME
+            row["nfguard_tc"] = any(name == attach.TC_PROG_NAME for _, _, name in tc)
+        except NfguardError as e:
+            row["error"] = str(e)
+            row["nfguard_xdp"] = row["nfguard_tc"] = False
+        out.append(row)
+    return out
+
+
+def kernel_status(prog, nft, cfg, elements: dict[str, Element] | None = None,
+                  bpf: list | None = None) -> dict:
+    """Program config, interfaces, counters, binding counts, and the drift
+    between the bindings map and the nft sets. bpf: prog.bindings(), when
+    the caller has it already."""
+    if bpf is None:
+        bpf = prog.bindings()
+    if elements is None:
+        elements = elements_of(bpf)
+    nft_view = nft.read()  # one listing: at 100,000 elements each costs ~0.5 s
+    if nft_view.get("mark") is None:
+        nft_view = {}  # no table
+    kcfg = prog.config()
+    return {
+        "kernel": {**kcfg, "ports": prog.ports(), "trusted": prog.trusted()},
+        "interfaces": interface_status(cfg),
+        "counters": {k: v for k, v in prog.counters().items() if v},
+        "bindings": {"bpf": len(bpf), "nft": len(nft_view.get("bindings", {}))},
+        "nft": {"table": bool(nft_view), "rejected": nft_view.get("rejected"),
+                "mark": nft_view.get("mark")},
+        "drift": {"nft": nft.drift(elements, time.time(), nft_view["bindings"])
+                  if nft_view else None},
+    }

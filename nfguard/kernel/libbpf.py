@@ -1,0 +1,159 @@
+"""The system libbpf (libbpf1) through ctypes, for what bcc 0.26 lacks:
+BPF_PROG_TEST_RUN, pinning, program lookup by id and raw program loads.
+One loader, so every caller gets the same signatures and error."""
+
+import ctypes
+import ctypes.util
+import os
+
+from nfguard.errors import NfguardError
+
+
+class _TestRunOpts(ctypes.Structure):
+    # struct bpf_test_run_opts of libbpf 1.x (bpf.h)
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class ProgInfo(ctypes.Structure):
+    """The head of struct bpf_prog_info (include/uapi/linux/bpf.h); the
+    kernel fills as much as info_len asks for."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+class MapInfo(ctypes.Structure):
+    """The head of struct bpf_map_info."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32)]
+
+
+_libbpf = None
+
+
+def lib():
+    """libbpf.so.1 with the signatures nfguard uses."""
+    global _libbpf
+    if _libbpf is None:
+        name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+        try:
+            so = ctypes.CDLL(name, use_errno=True)
+        except OSError as e:
+            raise NfguardError(f"libbpf not found ({e}): install libbpf1") from e
+        so.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
+        so.bpf_prog_test_run_opts.restype = ctypes.c_int
+        so.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
+        so.bpf_obj_pin.restype = ctypes.c_int
+        so.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+        so.bpf_prog_get_fd_by_id.restype = ctypes.c_int
+        so.bpf_obj_get_info_by_fd.argtypes = [
+            ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)
+        ]
+        so.bpf_obj_get_info_by_fd.restype = ctypes.c_int
+        so.bpf_prog_load.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
+                                     ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p]
+        so.bpf_prog_load.restype = ctypes.c_int
+        so.bpf_prog_get_next_id.argtypes = [ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32)]
+        so.bpf_prog_get_next_id.restype = ctypes.c_int
+        so.bpf_obj_get.argtypes = [ctypes.c_char_p]
+        so.bpf_obj_get.restype = ctypes.c_int
+        _libbpf = so
+    return _libbpf
+
+
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> tuple[int, int, bytes]:
+    """Run the program on data; returns (retval, ns per run, data out)."""
+    if len(data) < 14:
+        raise ValueError("a frame is at least 14 bytes (an Ethernet header)")
+    buf_in = ctypes.create_string_buffer(bytes(data), len(data))
+    out_size = len(data) + 256
+    buf_out = ctypes.create_string_buffer(out_size)
+    opts = _TestRunOpts(
+        sz=ctypes.sizeof(_TestRunOpts),
+        data_in=ctypes.cast(buf_in, ctypes.c_void_p),
+        data_out=ctypes.cast(buf_out, ctypes.c_void_p),
+        data_size_in=len(data),
+        data_size_out=out_size,
+        repeat=repeat,
+    )
+    rc = lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))
+    if rc != 0:
+        err = -rc if rc < 0 else ctypes.get_errno()
+        raise NfguardError(f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
+    return opts.retval, opts.duration, buf_out.raw[: opts.data_size_out]
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin a BPF map or program on bpffs."""
+    rc = lib().bpf_obj_pin(fd, path.encode())
+    if rc != 0:
+        err = -rc if rc < 0 else ctypes.get_errno()
+        raise NfguardError(f"cannot pin {path}: {os.strerror(err)}")
+
+
+def _info(fd: int, info) -> bool:
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    return lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) == 0
+
+
+def map_ids_of_programs(name: str) -> set[int]:
+    """The ids of every map used by a loaded program called name (attached
+    anywhere, in any network namespace)."""
+    ids: set[int] = set()
+    cur, nxt = 0, ctypes.c_uint32()
+    while lib().bpf_prog_get_next_id(cur, ctypes.byref(nxt)) == 0:
+        cur = nxt.value
+        fd = lib().bpf_prog_get_fd_by_id(cur)
+        if fd < 0:
+            continue  # unloaded meanwhile
+        try:
+            info = ProgInfo()
+            if not _info(fd, info) or info.name.decode("utf-8", "replace") != name:
+                continue
+            maps = (ctypes.c_uint32 * info.nr_map_ids)()
+            info2 = ProgInfo(nr_map_ids=info.nr_map_ids, map_ids=ctypes.addressof(maps))
+            if _info(fd, info2):
+                ids.update(maps[: min(info.nr_map_ids, info2.nr_map_ids)])
+        finally:
+            os.close(fd)
+    return ids
+
+
+def pinned_map_id(path: str) -> int | None:
+    """The id of the map pinned at path, or None."""
+    fd = lib().bpf_obj_get(path.encode())
+    if fd < 0:
+        return None
+    try:
+        info = MapInfo()
+        return info.id if _info(fd, info) else None
+    finally:
+        os.close(fd)

@@ -1,0 +1,240 @@
+"""A SIP world in network namespaces, for the end-to-end tests, `nfguard
+demo` and `nfguard selftest`:
+
+    phone ns     eth0 10.200.1.2 --- pbx1 10.200.1.1    pbx ns
+    attacker ns  eth0 10.200.2.2 --- pbx2 10.200.2.1    stand-in PBX on UDP 5060,
+                                                        fake ESL on 127.0.0.1,
+                                                        the nfguard daemon
+
+The stand-in PBX and the fake Event Socket run on an asyncio loop in a
+thread of this process, on sockets made inside the PBX namespace; the
+daemon is the real `nfguard run`, a subprocess under `nsenter --net` (so
+its interfaces, nft table and 127.0.0.1 are the namespace's, while the
+pinned maps live on the host's bpffs, as on a real host). SIPp runs in the
+phone and attacker namespaces. Nothing touches the host's interfaces or
+ruleset; down() removes everything, also after a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from importlib import resources
+
+from nfguard.daemon import control
+from nfguard.kernel.attach import in_netns
+from nfguard.errors import NfguardError
+from nfguard.lab.fakeesl import FakeEsl, Row, register_frame
+from nfguard.lab.pbx import REALM, StandInPbx, serve
+
+ADDR = {"phone": "10.200.1.2", "phone_moved": "10.200.1.3", "attacker": "10.200.2.2",
+        "pbx1": "10.200.1.1", "pbx2": "10.200.2.1"}
+USER, PASSWORD = "1001", "s3cret-1001"
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise NfguardError(f"{' '.join(argv)} failed: {r.stderr.strip() or r.returncode}")
+    return r
+
+
+def wait_status(sock_path: str, pred, timeout: float, what: str,
+                proc: subprocess.Popen | None, log_path: str) -> dict:
+    """The daemon's status once pred(status) holds; NfguardError (with the
+    end of its log) when the daemon exits or time runs out first."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise NfguardError(f"the daemon exited ({proc.returncode}): "
+                               + open(log_path).read()[-3000:])
+        try:
+            last = control.request(sock_path, "status")
+            if pred(last):
+                return last
+        except control.DaemonUnavailable:
+            pass
+        time.sleep(0.02)
+    raise NfguardError(f"timed out waiting for {what}; last status {last}: "
+                       + open(log_path).read()[-3000:])
+
+
+def scenario(name: str) -> str:
+    return str(resources.files("nfguard.lab") / "scenarios" / f"{name}.xml")
+
+
+class Lab:
+    def __init__(self, prefix: str = "nfglab", users: dict[str, str] | None = None):
+        tag = f"{prefix}{os.getpid()}"
+        self.ns = {"pbx": f"{tag}-pbx", "phone": f"{tag}-phone", "attacker": f"{tag}-att"}
+        self.users = users or {USER: PASSWORD}
+        self.pin_dir = f"/sys/fs/bpf/{tag}"
+        self.run_dir = f"/run/{tag}"
+        self.sock_path = f"{self.run_dir}/nfguard.sock"
+        self.tmp = tempfile.mkdtemp(prefix=f"{tag}-")
+        self.config_path = os.path.join(self.tmp, "nfguard.yaml")
+        self.log_path = os.path.join(self.tmp, "daemon.log")
+        self.created: list[str] = []
+        self.proc: subprocess.Popen | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.registered_at: dict[tuple[str, str], float] = {}
+
+    # -- the world ---------------------------------------------------------
+    def up(self) -> None:
+        for ns in self.ns.values():
+            sh("ip", "netns", "add", ns)
+            self.created.append(ns)
+        pbx = self.ns["pbx"]
+        for i, peer in ((1, self.ns["phone"]), (2, self.ns["attacker"])):
+            sh("ip", "-n", pbx, "link", "add", f"pbx{i}", "type", "veth", "peer", "name",
+               "eth0", "netns", peer)
+            sh("ip", "-n", pbx, "addr", "add", f"10.200.{i}.1/24", "dev", f"pbx{i}")
+            sh("ip", "-n", pbx, "link", "set", f"pbx{i}", "up")
+            sh("ip", "-n", peer, "addr", "add", f"10.200.{i}.2/24", "dev", "eth0")
+            sh("ip", "-n", peer, "link", "set", "eth0", "up")
+        sh("ip", "-n", self.ns["phone"], "addr", "add", f"{ADDR['phone_moved']}/24", "dev",
+           "eth0")
+        for ns in self.ns.values():
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        with in_netns(pbx):
+            esl_sock = socket.socket()
+            sip_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        esl_sock.bind(("127.0.0.1", 0))
+        esl_sock.listen()
+        sip_sock.bind(("0.0.0.0", 5060))
+        self.esl = FakeEsl()
+        self.pbx = StandInPbx(self.users, on_register=self._registered,
+                              on_unregister=self._unregistered)
+        self.call(self.esl.start(sock=esl_sock))
+        self.call(serve("0.0.0.0", 5060, self.pbx, sock=sip_sock))
+
+    def call(self, coro, timeout: float = 10):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def _registered(self, reg) -> None:
+        """On the loop thread: the stand-in accepted a REGISTER."""
+        self.esl.table = [r for r in self.esl.table if r.user != reg.user]
+        self.esl.table.append(Row(reg.user, REALM, reg.ip, reg.port, reg.call_id, reg.contact,
+                                  reg.expires + 60))
+        self.registered_at[(reg.user, reg.ip)] = time.time()
+        self.loop.create_task(self.esl.push(register_frame(
+            reg.user, REALM, reg.ip, reg.port, reg.call_id, reg.expires,
+            contact=reg.contact)))
+
+    def _unregistered(self, reg) -> None:
+        self.esl.table = [r for r in self.esl.table
+                          if not (r.user == reg.user and r.ip == reg.ip)]
+        self.loop.create_task(self.esl.push(register_frame(
+            reg.user, REALM, reg.ip, reg.port, reg.call_id, 0, subclass="sofia::unregister",
+            contact=reg.contact)))
+
+    # -- the daemon ----------------------------------------------------------
+    def write_config(self, **over) -> None:
+        cfg = {"interfaces": ["pbx1", "pbx2"], "mode": "enforce", "action": "drop",
+               "esl": [{"name": "pbx", "host": "127.0.0.1", "port": self.esl.port,
+                        "password": "ClueCon"}],
+               "pin_dir": self.pin_dir, "socket": self.sock_path, "alert_interval": 60}
+        cfg.update(over)
+        with open(self.config_path, "w") as f:
+            json.dump(cfg, f, indent=1)  # JSON is YAML
+
+    def nfguard_argv(self, *args: str) -> list[str]:
+        return ["nsenter", f"--net=/var/run/netns/{self.ns['pbx']}", sys.executable, "-m",
+                "nfguard", *args]
+
+    def start_daemon(self, wait: float = 30) -> dict:
+        self.log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(self.nfguard_argv("run", "--config", self.config_path),
+                                     stdout=self.log, stderr=self.log)
+        return self.until(lambda st: st["synced"], wait, "the daemon's first sync")
+
+    def stop_daemon(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+            self.log.close()
+
+    def status(self) -> dict:
+        return control.request(self.sock_path, "status")
+
+    def until(self, pred, timeout: float = 10, what: str = "") -> dict:
+        return wait_status(self.sock_path, pred, timeout, what, self.proc, self.log_path)
+
+    # -- SIP peers -------------------------------------------------------------
+    def sipp(self, who: str, name: str, ip: str | None = None, user: str = USER,
+             password: str | None = None, timeout: float = 4, **keys: str) -> int:
+        """Run a SIPp scenario (register, invite) from the phone or the
+        attacker namespace; its exit code (0: the call succeeded)."""
+        ip = ip or ADDR[who]
+        dst = ADDR["pbx1"] if who == "phone" else ADDR["pbx2"]
+        keys = {"realm": REALM, "expires": "300", "callee": "9196", **keys}
+        argv = ["nsenter", f"--net=/var/run/netns/{self.ns[who]}", "sipp", f"{dst}:5060",
+                "-sf", scenario(name), "-m", "1", "-i", ip, "-p", "0", "-s", user,
+                "-au", user, "-ap", password or self.users.get(user, "x"),
+                "-timeout", f"{timeout:g}s", "-timeout_error", "-recv_timeout", "2000",
+                "-nostdin", "-trace_err", "-error_file", os.path.join(self.tmp, "sipp.err")]
+        for k, v in keys.items():
+            argv += ["-key", k, str(v)]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 20,
+                           cwd=self.tmp)
+        return r.returncode
+
+    def udp(self, who: str) -> socket.socket:
+        with in_netns(self.ns[who]):
+            return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    # -- teardown --------------------------------------------------------------
+    def down(self) -> None:
+        errors = []
+        try:
+            self.stop_daemon()
+        except Exception as e:  # noqa: BLE001 - go on tearing down
+            errors.append(str(e))
+        if self.loop is not None:
+            try:
+                self.call(self.esl.stop())
+                self.pbx.transport.close()
+            except Exception as e:  # noqa: BLE001
+                errors.append(str(e))
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.loop = None
+        for ns in self.created:
+            r = sh("ip", "netns", "del", ns, check=False)
+            if r.returncode:
+                errors.append(r.stderr.strip())
+        self.created = []
+        shutil.rmtree(self.pin_dir, ignore_errors=True)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if errors:
+            raise NfguardError("tearing the lab down: " + "; ".join(errors))
+
+    def __enter__(self):
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.down()
