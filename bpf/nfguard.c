@@ -144,8 +144,7 @@ static __always_inline __u32 classify_start(struct xdp_md *ctx,
 		frame_len = l4->ip_end;
 	avail = frame_len > l4->udp_off ? frame_len - l4->udp_off : 0;
 	n = l4->payload_len < avail ? l4->payload_len : avail;
-	s->more = l4->first_fragment || l4->payload_len > n ||
-		  n > NFG_SCAN_MAX;
+	s->more = l4->first_fragment || l4->payload_len > n || n > NFG_SCAN_MAX;
 	if (n > NFG_SCAN_MAX)
 		n = NFG_SCAN_MAX;
 	if (n == 0)
@@ -169,8 +168,9 @@ static __always_inline __u32 classify_start(struct xdp_md *ctx,
 	for (int i = 0; i < NFG_LEADING_MAX / 8; i++) {
 		__u64 w = load8(s, i * 8);
 
-		nl = ~(bytes_eq(w, '\r') | bytes_eq(w, '\n') | bytes_eq(w, ' ') |
-		       bytes_eq(w, '\t')) & HIGHS;
+		nl = ~(bytes_eq(w, '\r') | bytes_eq(w, '\n') |
+		       bytes_eq(w, ' ') | bytes_eq(w, '\t')) &
+		     HIGHS;
 		if (nl) {
 			first = i * 8 + lowest_flag(nl);
 			break;
@@ -394,7 +394,8 @@ int nfguard_xdp(struct xdp_md *ctx)
 
 	/* Fast path for the commonest frame: untagged IPv4 without options,
 	 * not fragmented, UDP to a port that is not guarded. */
-	if (data + ETH_HLEN + sizeof(struct iphdr) + sizeof(struct udphdr) <= data_end) {
+	if (data + ETH_HLEN + sizeof(struct iphdr) + sizeof(struct udphdr) <=
+	    data_end) {
 		struct ethhdr *eth = data;
 		struct iphdr *iph = data + ETH_HLEN;
 		struct udphdr *uh = data + ETH_HLEN + sizeof(struct iphdr);

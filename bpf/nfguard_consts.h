@@ -7,6 +7,14 @@
 #ifndef NFGUARD_CONSTS_H
 #define NFGUARD_CONSTS_H
 
+/* The layout of the pinned maps (their key and value structs, types and
+ * sizes), stored in the config map. Bump it with any change to a pinned
+ * map's key, value or size: the loader then does not reuse the pins of an
+ * older build blindly (nfguard/kernel/pins.py). Tests build other layouts. */
+#ifndef NFG_LAYOUT_VERSION
+#define NFG_LAYOUT_VERSION 1
+#endif
+
 /* Bytes of UDP payload copied into the scratch buffer and inspected. A
  * guarded request whose header section does not end inside them gets the
  * verdict (DESIGN.md §2 rule 5). Must be a power of two: indexes are masked. */

@@ -17,7 +17,8 @@
 #define NFG_MAP(type, k, v, name, n, flags) \
 	BPF_TABLE_PINNED(type, k, v, name, n, NFG_PIN_DIR "/" #name, flags)
 #else
-#define NFG_MAP(type, k, v, name, n, flags) BPF_F_TABLE(type, k, v, name, n, flags)
+#define NFG_MAP(type, k, v, name, n, flags) \
+	BPF_F_TABLE(type, k, v, name, n, flags)
 #endif
 
 NFG_MAP("hash", struct nfg_binding_key, struct nfg_binding_val, bindings,

@@ -29,6 +29,10 @@ struct nfg_binding_val {
 	__u32 user_len;
 	__u32 realm_len;
 	struct nfg_cred_id cred;
+#ifdef NFG_TEST_BINDING_PAD
+	/* Tests only: a build with another binding value layout. */
+	__u8 test_pad[NFG_TEST_BINDING_PAD];
+#endif
 };
 
 struct nfg_lpm_key {
@@ -37,13 +41,16 @@ struct nfg_lpm_key {
 };
 
 struct nfg_config {
-	__u32 mode;        /* NFG_MODE_* */
-	__u32 action;      /* NFG_ACTION_* */
-	__u32 methods;     /* bitmask of NFG_M_* */
-	__u32 fragments;   /* NFG_FRAG_* */
-	__u32 reject_mark; /* skb->mark set by the TC program */
+	/* NFG_LAYOUT_VERSION of the build that made the pins */
+	__u32 layout;
+	__u32 mode;	      /* NFG_MODE_* */
+	__u32 action;	      /* NFG_ACTION_* */
+	__u32 methods;	      /* bitmask of NFG_M_* */
+	__u32 fragments;      /* NFG_FRAG_* */
+	__u32 reject_mark;    /* skb->mark set by the TC program */
 	__u32 events_per_sec; /* per CPU; 0 disables verdict events */
-	__u64 cred_seed;      /* seed of the credential hash, random per pin */
+	__u32 reserved;
+	__u64 cred_seed; /* seed of the credential hash, random per pin */
 };
 
 /* One verdict event, sent through the ring buffer. */
@@ -61,10 +68,10 @@ struct nfg_event {
 
 /* What L3/L4 parsing learned about the datagram. */
 struct l4_info {
-	__u8 saddr[16];   /* IPv6, or IPv4 mapped into ::ffff:0:0/96 */
-	__u32 udp_off;    /* offset of the UDP header from the frame start */
+	__u8 saddr[16];	   /* IPv6, or IPv4 mapped into ::ffff:0:0/96 */
+	__u32 udp_off;	   /* offset of the UDP header from the frame start */
 	__u32 payload_len; /* UDP payload length claimed by the UDP header */
-	__u32 ip_end;     /* where the IP packet ends, by its own length */
+	__u32 ip_end;	   /* where the IP packet ends, by its own length */
 	__u16 sport;
 	__u16 dport;
 	__u8 first_fragment; /* more fragments follow this one */
@@ -80,10 +87,10 @@ struct nfg_ratelimit {
 /* Where one credential header value lies in the scratch buffer, and what
  * the parameter scanner found in it. */
 struct nfg_cred {
-	__u32 start;     /* first byte after ':' */
-	__u32 end;       /* the line terminator that ends the header */
-	__u32 user_eq;   /* the '=' after the username parameter name */
-	__u32 realm_eq;  /* the '=' after the realm parameter name */
+	__u32 start;	/* first byte after ':' */
+	__u32 end;	/* the line terminator that ends the header */
+	__u32 user_eq;	/* the '=' after the username parameter name */
+	__u32 realm_eq; /* the '=' after the realm parameter name */
 	__u32 user_count;
 	__u32 realm_count;
 	__u32 user_off;
@@ -98,22 +105,22 @@ struct nfg_cred {
 struct nfg_scratch {
 	__u8 buf[NFG_SCAN_MAX + NFG_SCAN_PAD];
 	struct l4_info l4; /* the datagram, for the later stages */
-	__u32 len;      /* inspected bytes in buf */
-	__u32 more;     /* 1: the datagram goes on past buf */
-	__u32 pos;      /* scanner position */
-	__u32 done;     /* 0 scanning, 1 finished, 2 stopped with reason */
-	__u32 reason;   /* reason when done == 2 */
-	__u32 nlines;   /* candidate header lines found (first byte a or p) */
-	__u32 open;     /* the current header is a candidate line */
+	__u32 len;	   /* inspected bytes in buf */
+	__u32 more;	   /* 1: the datagram goes on past buf */
+	__u32 pos;	   /* scanner position */
+	__u32 done;	   /* 0 scanning, 1 finished, 2 stopped with reason */
+	__u32 reason;	   /* reason when done == 2 */
+	__u32 nlines;	/* candidate header lines found (first byte a or p) */
+	__u32 open;	/* the current header is a candidate line */
 	__u32 req_line; /* the line being scanned is the request line */
-	__u32 ncred;    /* credential headers found */
-	__u32 cur;      /* line or credential header index of a loop */
-	__u32 steps;    /* scanner steps taken, over all tail calls */
-	__u32 tmp;      /* a value laundered through memory */
+	__u32 ncred;	/* credential headers found */
+	__u32 cur;	/* line or credential header index of a loop */
+	__u32 steps;	/* scanner steps taken, over all tail calls */
+	__u32 tmp;	/* a value laundered through memory */
 	__u32 hdr_start[NFG_MAX_LINES];
 	__u32 hdr_end[NFG_MAX_LINES]; /* terminator ending each line */
 	struct nfg_cred cred[NFG_MAX_CRED_HDRS];
-	struct nfg_cred_id key;     /* last credentials looked up */
+	struct nfg_cred_id key;	     /* last credentials looked up */
 	struct nfg_binding_key bkey; /* their map key */
 	__u64 clock_jiffies; /* boot_now(): jiffies at the last boot clock read */
 	__u64 clock_boot_ns; /* boot_now(): that read */
@@ -124,7 +131,7 @@ struct nfg_scratch {
 	__u32 last_action;
 	__u32 last_would;
 	__u32 last_has_key;
-	__u64 last_seq;     /* guarded datagrams seen on this CPU */
+	__u64 last_seq; /* guarded datagrams seen on this CPU */
 };
 
 #endif

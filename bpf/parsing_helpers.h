@@ -23,13 +23,14 @@ struct vlan_hdr {
 };
 
 /* Outcome of L2-L4 parsing. */
-#define L4_UDP 0        /* a UDP header is in this frame */
-#define L4_PASS 1       /* not for us: reason set */
-#define L4_VERDICT 2    /* cannot tell safely: reason set */
+#define L4_UDP 0     /* a UDP header is in this frame */
+#define L4_PASS 1    /* not for us: reason set */
+#define L4_VERDICT 2 /* cannot tell safely: reason set */
 
 static __always_inline int is_vlan(__be16 proto)
 {
-	return proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD);
+	return proto == bpf_htons(ETH_P_8021Q) ||
+	       proto == bpf_htons(ETH_P_8021AD);
 }
 
 /* Ethernet plus up to NFG_MAX_VLAN tags; returns the inner EtherType. */
@@ -72,7 +73,8 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end,
 	}
 	hlen = iph->ihl * 4;
 	tot_len = bpf_ntohs(iph->tot_len);
-	if (hlen < sizeof(*iph) || nh->pos + hlen > data_end || tot_len < hlen) {
+	if (hlen < sizeof(*iph) || nh->pos + hlen > data_end ||
+	    tot_len < hlen) {
 		*reason = NFG_R_NOT_IP;
 		return L4_PASS;
 	}
@@ -192,9 +194,8 @@ static __always_inline int parse_udp(struct hdr_cursor *nh, void *data_end,
 /* The rest of what the stages need, read only once the datagram turned out
  * to be for a guarded port (most traffic never needs it): the source
  * address, where the IP packet ends, and (udph not NULL) the UDP header. */
-static __always_inline int l4_details(void *l3, struct udphdr *udph,
-				      void *data, void *data_end,
-				      struct l4_info *l4)
+static __always_inline int l4_details(void *l3, struct udphdr *udph, void *data,
+				      void *data_end, struct l4_info *l4)
 {
 	__u32 len;
 
@@ -240,12 +241,13 @@ static __always_inline int l4_details(void *l3, struct udphdr *udph,
 	if (len == 0 && l4->ipv6)
 		/* Linux takes UDP length 0 over IPv6 as "the rest of the
 		 * packet" (a jumbogram), and delivers it. */
-		l4->payload_len = l4->ip_end > l4->udp_off ?
-			l4->ip_end - l4->udp_off : 0;
+		l4->payload_len =
+			l4->ip_end > l4->udp_off ? l4->ip_end - l4->udp_off : 0;
 	else
 		/* A length below the header's own is malformed; the stack
 		 * drops it. */
-		l4->payload_len = len >= sizeof(*udph) ? len - sizeof(*udph) : 0;
+		l4->payload_len = len >= sizeof(*udph) ? len - sizeof(*udph)
+						       : 0;
 	return 0;
 }
 

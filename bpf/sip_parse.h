@@ -24,9 +24,9 @@
 #define NFG_BARRIER() asm volatile("" ::: "memory")
 
 /* Little-endian 8-byte constant from characters, byte 0 first. */
-#define C8(a, b, c, d, e, f, g, h)                                         \
+#define C8(a, b, c, d, e, f, g, h)                                            \
 	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 | \
-	 (__u64)(e) << 32 | (__u64)(f) << 40 | (__u64)(g) << 48 |            \
+	 (__u64)(e) << 32 | (__u64)(f) << 40 | (__u64)(g) << 48 |             \
 	 (__u64)(h) << 56)
 #define ONES 0x0101010101010101ULL
 #define HIGHS 0x8080808080808080ULL
@@ -53,12 +53,13 @@ static __always_inline __u64 load8(struct nfg_scratch *s, __u32 i)
 
 /* 8 bytes at a literal offset from a buffer pointer, in one instruction
  * (load8_off() computes the address first). */
-#define LOAD8_AT(p, off)                                                  \
-	({                                                                \
-		__u64 w_;                                                 \
-		asm volatile("%0 = *(u64 *)(%1 + " #off ")" : "=r"(w_)    \
-			     : "r"(p));                                   \
-		w_;                                                       \
+#define LOAD8_AT(p, off)                                    \
+	({                                                  \
+		__u64 w_;                                   \
+		asm volatile("%0 = *(u64 *)(%1 + " #off ")" \
+			     : "=r"(w_)                     \
+			     : "r"(p));                     \
+		w_;                                         \
 	})
 
 /* The 8 bytes `off` (a constant below NFG_SCAN_PAD - 8) after index i.
@@ -209,8 +210,8 @@ static __always_inline __u32 launder(struct nfg_scratch *s, __u32 v)
  * guarded method followed by SP or HT. Returns the offset of the method or
  * -1 with s->reason set when the packet is decided here. */
 struct nfg_method {
-	__u64 word;  /* method name, little-endian, zero padded */
-	__u64 mask;  /* bytes of word that hold the name */
+	__u64 word; /* method name, little-endian, zero padded */
+	__u64 mask; /* bytes of word that hold the name */
 	__u32 len;
 	__u32 bit;
 };
@@ -220,6 +221,7 @@ static __always_inline int method_at(struct nfg_scratch *s, __u32 at,
 {
 	__u64 w = load8(s, at), w2 = load8_off(s, at, 8);
 	/* Up to 9 name bytes + 1 separator: look at the first 10 bytes. */
+	// clang-format off
 	const struct nfg_method table[] = {
 		{ C8('I', 'N', 'V', 'I', 'T', 'E', 0, 0), 0xffffffffffffULL, 6, NFG_M_INVITE },
 		{ C8('A', 'C', 'K', 0, 0, 0, 0, 0), 0xffffffULL, 3, NFG_M_ACK },
@@ -234,6 +236,7 @@ static __always_inline int method_at(struct nfg_scratch *s, __u32 at,
 		{ C8('P', 'R', 'A', 'C', 'K', 0, 0, 0), 0xffffffffffULL, 5, NFG_M_PRACK },
 		{ C8('P', 'U', 'B', 'L', 'I', 'S', 'H', 0), 0xffffffffffffffULL, 7, NFG_M_PUBLISH },
 	};
+	// clang-format on
 
 #pragma unroll
 	for (int i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
@@ -330,7 +333,8 @@ static __always_inline void scan_lines_run(struct nfg_scratch *s)
 		 * (a fold or any other line start alike). */
 		w = load8(s, t);
 		c2 = (w >> 16) & 0xff;
-		ab = (w >> 16 | 0x2020) & 0xffff; /* the next line's first two */
+		/* The next line's first two bytes, lower-cased. */
+		ab = (w >> 16 | 0x2020) & 0xffff;
 		if ((w & 0xffff) == 0x0a0d && t + 2 < n &&
 		    !(s->open | s->req_line) && c2 != '\r' && c2 != '\n' &&
 		    ab != ('a' | 'u' << 8) && ab != ('p' | 'r' << 8)) {
@@ -339,11 +343,13 @@ static __always_inline void scan_lines_run(struct nfg_scratch *s)
 		}
 		c = w & 0xff;
 		if (c != '\r' && c != '\n') {
-			s->pos = t + 1; /* HT, another control byte, or >= 0x8e */
+			/* HT, another control byte, or >= 0x8e */
+			s->pos = t + 1;
 			continue;
 		}
 		/* A line ends with CRLF, LF or a bare CR. */
-		nx = launder(s, t + 1 + (c == '\r' && byte_at(s, t + 1) == '\n'));
+		nx = launder(s,
+			     t + 1 + (c == '\r' && byte_at(s, t + 1) == '\n'));
 		if (nx >= n) {
 			stop(s, NFG_R_HEADERS_TRUNCATED);
 			return;
@@ -374,7 +380,8 @@ static __always_inline void scan_lines_run(struct nfg_scratch *s)
 		}
 		s->pos = nx;
 		if (d == '\r' || d == '\n') {
-			s->done = 1; /* an empty line: the header section ends */
+			/* An empty line: the header section ends. */
+			s->done = 1;
 			return;
 		}
 		if (d == ' ' || d == '\t')
@@ -545,7 +552,8 @@ static __always_inline void find_params_run(struct nfg_scratch *s)
 				s->done = 1;
 				return;
 			}
-			s->pos = s->cred[(cur + 1) & (NFG_MAX_CRED_HDRS - 1)].start;
+			s->pos = s->cred[(cur + 1) & (NFG_MAX_CRED_HDRS - 1)]
+					 .start;
 			continue;
 		}
 		p = &s->buf[pos & NFG_SCAN_MASK];
@@ -598,8 +606,8 @@ static __always_inline __u64 value_stops(__u64 w, int in_quotes)
  * hold no ',' SP or HT, no value may hold a line break, and only a ',' or
  * the end of the header may follow: anything else is ambiguous. */
 static __always_inline void read_value(struct nfg_scratch *s,
-				       struct nfg_cred *cr, __u32 eq,
-				       __u32 max, __u32 *off, __u32 *len)
+				       struct nfg_cred *cr, __u32 eq, __u32 max,
+				       __u32 *off, __u32 *len)
 {
 	__u32 v, k, quoted, lead, t = 0, found = 0, after;
 	__u8 c;
