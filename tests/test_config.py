@@ -7,10 +7,17 @@ import re
 import pytest
 
 from nfguard import consts
-from nfguard.daemon.config import (DEFAULT_PATH, TOP_KEYS, Config, ConfigError, Interface, load_config,
-                            parse_config)
-from nfguard.errors import NfguardError
+from nfguard.daemon.config import (
+    DEFAULT_PATH,
+    TOP_KEYS,
+    Config,
+    ConfigError,
+    Interface,
+    load_config,
+    parse_config,
+)
 from nfguard.daemon.esl import Endpoint
+from nfguard.errors import NfguardError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "config", "nfguard.yaml")
@@ -117,6 +124,8 @@ def test_config_is_frozen():
     (minimal(trusted=["192.0.2.1", "2001:DB8::1"]), "trusted", ("192.0.2.1/32", "2001:db8::1/128")),
     (minimal(trusted=["10.0.0.0/255.0.0.0"]), "trusted", ("10.0.0.0/8",)),
     (minimal(trusted=["10.0.0.0/8", "10.1.0.0/16"]), "trusted", ("10.0.0.0/8", "10.1.0.0/16")),
+    # IPv4 written as IPv6 is the same trusted-map entry: kept as IPv4 (nfguard.policy)
+    (minimal(trusted=["::ffff:10.0.0.0/104", "::/0"]), "trusted", ("10.0.0.0/8", "::/0")),
     (minimal(resync_interval=1), "resync_interval", 1.0),
     (minimal(resync_interval=0.25), "resync_interval", 0.25),
     (minimal(expiry_grace=0), "expiry_grace", 0.0),
@@ -226,6 +235,9 @@ def test_accepted_values(data, attr, expected):
     (minimal(trusted=["10.0.0.0/8", "10.0.0.0/255.0.0.0"]), "trusted[1]",
      "10.0.0.0/8 is listed twice"),
     (minimal(trusted=["fe80::1%eth0"]), "trusted[0]", "a zone (%...) cannot be part"),
+    (minimal(trusted=["10.0.0.0/8", "::ffff:10.0.0.0/104"]), "trusted[1]",
+     "10.0.0.0/8 is listed twice"),
+    (minimal(trusted=[""]), "trusted[0]", "must be a network such as 10.0.0.0/8"),
     # seconds
     *[(minimal(**{key: bad}), key, f"must be a number of seconds greater than 0, not {shown}")
       for key in ("resync_interval", "alert_interval")

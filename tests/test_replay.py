@@ -1,6 +1,7 @@
 """`nfguard replay` end to end: the real CLI in a subprocess, on captures
-written with nfguard.pcap from nfguard.packets frames, through the kernel
-program (kernel tests), and every bad input as one clear line."""
+written with nfguard.pcap (pcap) and dpkt (pcapng) from nfguard.packets
+frames, through the kernel program (kernel tests), and every bad input as
+one clear line."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import struct
 import subprocess
 import sys
 
+import dpkt.pcapng
 import pytest
 
-from conftest import need_kernel
 from nfguard import packets as P
 from nfguard.pcap import write_pcap
+
+from conftest import need_kernel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REALM = "pbx.example.com"
@@ -92,11 +95,20 @@ def enforce_rows(verdict: str) -> list[dict]:
     ]
 
 
+def write_pcapng(path, frames) -> None:
+    """frames as pcapng, Wireshark's default format, by dpkt's writer."""
+    with open(path, "wb") as f:
+        w = dpkt.pcapng.Writer(f, snaplen=262144)
+        for i, frame in enumerate(frames):
+            w.writepkt(frame, 1_700_000_000 + i / 1000)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("replay")
     pcap, bindings = d / "calls.pcap", d / "bindings.yaml"
     write_pcap(str(pcap), FRAMES)
+    write_pcapng(str(d / "calls.pcapng"), FRAMES)
     bindings.write_text(BINDINGS)
     return str(pcap), str(bindings), d
 
@@ -133,7 +145,7 @@ def test_reject_trusted_methods_ports_fragments(files):
     pcap, bindings, _ = files
     rows = json_rows(nfguard(
         "replay", "--pcap", pcap, "--bindings", bindings, "--json", "--action", "reject",
-        "--trusted", "10.0.0.0/8", "2001:db8::66/128", "--methods", "INVITE,message",
+        "--trusted", "10.0.0.0/8", "2001:db8::66/128", "--methods", "INVITE,MESSAGE",
         "--ports", "5060,53", "--fragments", "pass",
     ))
     want = enforce_rows("mark")
@@ -167,7 +179,36 @@ def test_readable_output_is_aligned(files):
     assert "frame_too_large" in lines[10]
     col = lines[0].index("bound")
     assert all(line[col - 1] == " " for line in lines)
-    assert {line.index(r) for line, r in zip(lines, ["bound", "not_bound", "no_credentials"])} == {col}
+    first = zip(lines, ["bound", "not_bound", "no_credentials"], strict=False)
+    assert {line.index(r) for line, r in first} == {col}
+
+
+@pytest.mark.parametrize("mode", ["enforce", "monitor"])
+def test_pcapng_gives_the_verdicts_of_the_same_pcap(files, mode):
+    need_kernel()
+    pcap, bindings, d = files
+    args = ["--bindings", bindings, "--json", "--mode", mode, "--trusted", "10.0.0.0/8"]
+    ng = json_rows(nfguard("replay", "--pcap", str(d / "calls.pcapng"), *args))
+    assert ng == json_rows(nfguard("replay", "--pcap", pcap, *args))
+    want = enforce_rows("drop")
+    want[3] = row(3, "pass", "trusted", LAN)
+    if mode == "monitor":
+        want = [{**r, "action": "pass" if r["action"] else None, "would": r["action"]}
+                for r in want]
+    assert ng == want
+
+
+def test_pcapng_packet_cut_by_snaplen_is_not_judged(tmp_path):
+    need_kernel()
+    frame = invite("1001", ATTACKER)
+    pcapng = tmp_path / "snap.pcapng"
+    # dpkt's writer stores whole packets: the cut one is built by hand
+    epb = struct.pack("<IIIII", 0, 0, 1, 96, len(frame)) + frame[:96]  # iface, ts, caplen, len
+    epb = struct.pack("<II", 6, len(epb) + 12) + epb + struct.pack("<I", len(epb) + 12)
+    write_pcapng(str(pcapng), [])
+    pcapng.write_bytes(pcapng.read_bytes() + epb)
+    rows = json_rows(nfguard("replay", "--pcap", str(pcapng), "--json"))
+    assert rows == [row(0, None, "capture_truncated", ATTACKER)]
 
 
 def test_capture_cut_by_snaplen_is_not_judged(tmp_path):
@@ -178,6 +219,18 @@ def test_capture_cut_by_snaplen_is_not_judged(tmp_path):
                      + struct.pack("<IIII", 1, 0, 96, len(frame)) + frame[:96])
     rows = json_rows(nfguard("replay", "--pcap", str(pcap), "--json"))
     assert rows == [row(0, None, "capture_truncated", ATTACKER)]
+
+
+def test_damaged_pcapng_block_after_good_ones(tmp_path):
+    need_kernel()
+    pcapng = tmp_path / "cut.pcapng"
+    write_pcapng(str(pcapng), FRAMES[:3])
+    pcapng.write_bytes(pcapng.read_bytes()[:-20])
+    out = nfguard("replay", "--pcap", str(pcapng), "--json")
+    assert out.returncode == 1
+    assert [json.loads(line)["index"] for line in out.stdout.splitlines()] == [0, 1]
+    assert out.stderr.startswith("nfguard: error:") and len(out.stderr.splitlines()) == 1
+    assert "packet 2 is truncated" in out.stderr
 
 
 def test_damaged_record_after_good_ones(tmp_path):
@@ -216,8 +269,11 @@ def test_missing_headers_names_the_package(files):
     ("missing.pcap", None, ["missing.pcap", "No such file"]),
     ("text.pcap", b"hello, this is not a capture\n", ["not a pcap"]),
     ("empty.pcap", b"", ["empty"]),
-    ("cap.pcapng", bytes.fromhex("0a0d0d0a1c0000004d3c2b1a01000000"), ["pcapng", "editcap -F pcap"]),
+    ("cap.pcapng", bytes.fromhex("0a0d0d0a1c0000004d3c2b1a01000000"), ["truncated", "of 28"]),
     ("sll.pcap", struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 113), ["link type 113"]),
+    ("sll.pcapng", bytes.fromhex("0a0d0d0a1c0000004d3c2b1a01000000ffffffffffffffff1c000000"
+                                 "0100000014000000710000000000040014000000"),
+     ["interface 0", "link type 113", "LINUX_SLL"]),
     ("short.pcap", bytes.fromhex("d4c3b2a10200"), ["truncated"]),
 ])
 def test_bad_pcap(files, name, content, needles):
@@ -292,13 +348,21 @@ def test_missing_bindings_file(files):
 @pytest.mark.parametrize("args, needles", [
     (["--trusted", "10.0.0.0/33"], ["--trusted", "10.0.0.0/33"]),
     (["--trusted", "10.0.0.0/8", "lan"], ["'lan'"]),
-    (["--mode", "enforcing"], ["--mode", "enforce or monitor", "'enforcing'"]),
+    (["--trusted", "10.0.0.1/8"], ["--trusted: 10.0.0.1/8 has host bits set: did you mean "
+                                   "10.0.0.0/8?"]),
+    (["--trusted", "10.0.0.0/8", "10.0.0.0/255.0.0.0"], ["10.0.0.0/8 is listed twice"]),
+    (["--mode", "enforcing"], ["--mode: must be 'monitor' or 'enforce', not 'enforcing' "
+                               "(did you mean 'enforce'?)"]),
     (["--action", "block"], ["--action", "'block'"]),
     (["--fragments", "drop"], ["--fragments"]),
     (["--methods", "INVITE,REGISTER"], ["REGISTER cannot be guarded"]),
     (["--methods", "INVITE,FOO"], ["unknown SIP method"]),
+    (["--methods", "invite"], ["--methods: unknown SIP method 'invite' "
+                               "(method names are upper case: 'INVITE')"]),
+    (["--methods", ","], ["--methods: must not be empty"]),
     (["--ports", "5060,70000"], ["--ports", "70000"]),
     (["--ports", "sip"], ["--ports", "'sip'"]),
+    (["--ports", "5060,5060"], ["--ports: 5060 is listed twice"]),
 ])
 def test_bad_options(files, args, needles):
     pcap, _, _ = files

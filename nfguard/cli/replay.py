@@ -1,11 +1,16 @@
-"""`nfguard replay`: run every packet of a pcap through the kernel program.
+"""`nfguard replay`: run every packet of a capture through the kernel program.
 
-Each frame of the capture goes through the real XDP classifier (a private
-load of bpf/nfguard.c, nothing attached, nothing pinned) with
-BPF_PROG_TEST_RUN, and one line per packet says what the program did and
-why. Bindings (`--bindings FILE`) and trusted networks (`--trusted`) are put
-into the program's maps first; expiries count from the start of the replay,
-not from the capture's timestamps.
+The capture is pcap or pcapng (Wireshark's default) of Ethernet frames. Each
+frame goes through the real XDP classifier (a private load of
+bpf/nfguard.c, nothing attached, nothing pinned) with BPF_PROG_TEST_RUN,
+and one line per packet says what the program did and why. Bindings
+(`--bindings FILE`) and trusted networks (`--trusted`) are put into the
+program's maps first; expiries count from the start of the replay, not from
+the capture's timestamps.
+
+--mode, --action, --fragments, --methods, --ports and --trusted are checked
+by nfguard.policy, like the config file's keys of the same names: the same
+values are refused with the same words.
 
 Bindings file (YAML), a list of:
 
@@ -46,15 +51,12 @@ import os
 import struct
 import sys
 
-from nfguard import consts
+from nfguard import policy
 from nfguard.errors import NfguardError
 from nfguard.kernel.host import require_bpf_runtime
-from nfguard.pcap import PcapReader
 from nfguard.kernel.program import check_credential
+from nfguard.pcap import PcapReader
 
-MODES = ("enforce", "monitor")
-ACTIONS = ("drop", "reject")
-FRAGMENTS = ("verdict", "pass")
 BINDING_KEYS = ("user", "realm", "ip", "expires_in")
 
 # Reasons replay gives for packets it does not run (see the module docstring).
@@ -79,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cut by the capture's snaplen with capture_truncated."
     )
     parser.add_argument("--pcap", metavar="FILE",
-                        help="classic pcap capture of Ethernet frames (required)")
+                        help="capture of Ethernet frames, pcap or pcapng (required)")
     parser.add_argument("--bindings", metavar="FILE",
                         help="YAML list of {user, realm, ip[, expires_in]}")
     parser.add_argument("--trusted", metavar="CIDR", nargs="+", action="extend", default=[],
@@ -98,44 +100,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
-def _choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise NfguardError(f"{option} must be {' or '.join(allowed)}, not {value!r}")
-    return value
+def checked(check, value):
+    """check(value), a check of nfguard.policy (the config file's and the
+    program's), its refusal named by the option: --methods: ..."""
+    try:
+        return check(value)
+    except policy.PolicyError as e:
+        raise NfguardError(f"--{e.key}: {e.problem}") from None
 
 
-def _comma_list(values: list[str] | None) -> list[str]:
+def _comma_list(values: list[str]) -> list[str]:
     out = []
-    for v in values or []:
+    for v in values:
         out.extend(p.strip() for p in v.split(",") if p.strip())
     return out
 
 
-def parse_methods(values: list[str] | None) -> list[str]:
-    methods = [m.upper() for m in _comma_list(values)] or ["INVITE"]
-    try:
-        consts.methods_mask(methods)
-    except ValueError as e:
-        raise NfguardError(f"--methods: {e}") from None
-    return methods
+def parse_methods(values: list[str] | None) -> tuple[str, ...]:
+    # as written: SIP method names are case-sensitive, and the config refuses "invite"
+    return checked(policy.methods, ["INVITE"] if values is None else _comma_list(values))
 
 
-def parse_ports(values: list[str] | None) -> list[int]:
-    ports = []
-    for p in _comma_list(values) or ["5060"]:
-        if not p.isdigit() or not 0 < int(p) < 65536:
-            raise NfguardError(f"--ports: {p!r} is not a UDP port number (1-65535)")
-        ports.append(int(p))
-    return ports
+def parse_ports(values: list[str] | None) -> tuple[int, ...]:
+    items = ["5060"] if values is None else _comma_list(values)
+    # numbers become ints; anything else goes to the check as written ('sip')
+    ports = [int(p) if p.isascii() and p.isdigit() else p for p in items]
+    return checked(policy.ports, ports)
 
 
-def parse_cidr(cidr: str) -> str:
-    try:
-        return str(ipaddress.ip_network(cidr.strip(), strict=False))
-    except ValueError:
-        raise NfguardError(
-            f"--trusted: {cidr!r} is not a network address (e.g. 10.0.0.0/8 or 2001:db8::/32)"
-        ) from None
+def parse_trusted(values: list[str]) -> tuple[str, ...]:
+    return checked(policy.trusted, values)
 
 
 # -- bindings file ---------------------------------------------------------
@@ -328,12 +322,12 @@ def _text_lines(results: list[dict]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     if not args.pcap:
         raise NfguardError("replay needs --pcap FILE")
-    mode = _choice("--mode", args.mode, MODES)
-    action = _choice("--action", args.action, ACTIONS)
-    fragments = _choice("--fragments", args.fragments, FRAGMENTS)
+    mode = checked(policy.mode, args.mode)
+    action = checked(policy.action, args.action)
+    fragments = checked(policy.fragments, args.fragments)
     methods = parse_methods(args.methods)
     ports = parse_ports(args.ports)
-    trusted = [parse_cidr(c) for c in args.trusted]
+    trusted = parse_trusted(args.trusted)
     bindings = load_bindings(args.bindings) if args.bindings else []
     reader = PcapReader(args.pcap)  # checks the file header before the compile
     try:

@@ -14,7 +14,6 @@ which must be readable now rather than fail on the first connect.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
 import os
@@ -22,16 +21,18 @@ from dataclasses import dataclass
 
 import yaml
 
-from nfguard import consts
-from nfguard.errors import NfguardError
+from nfguard import consts, policy
 from nfguard.daemon.esl import Endpoint
+from nfguard.errors import NfguardError
+from nfguard.policy import show as _show
+from nfguard.policy import suggest as _suggest
 
 DEFAULT_PATH = "/etc/nfguard/nfguard.yaml"
 
 XDP_MODES = ("auto", "native", "generic")
-MODES = ("monitor", "enforce")
-ACTIONS = ("drop", "reject")
-FRAGMENTS = ("verdict", "pass")
+MODES = policy.MODES
+ACTIONS = policy.ACTIONS
+FRAGMENTS = policy.FRAGMENTS
 ON_STOP = ("keep", "detach")
 
 IFNAMSIZ = 16  # the kernel's limit, with the terminating NUL
@@ -142,10 +143,12 @@ def parse_config(data, source: str = "config") -> Config:
         kw["ports"] = c.ports(top["ports"])
     if "methods" in top:
         kw["methods"] = c.methods(top["methods"])
-    for key, choices in (("mode", MODES), ("action", ACTIONS), ("fragments", FRAGMENTS),
-                         ("on_stop", ON_STOP)):
+    for key, check in (("mode", policy.mode), ("action", policy.action),
+                       ("fragments", policy.fragments)):
         if key in top:
-            kw[key] = c.choice(key, top[key], choices)
+            kw[key] = c.apply(check, top[key])
+    if "on_stop" in top:
+        kw["on_stop"] = c.choice("on_stop", top["on_stop"], ON_STOP)
     if "trusted" in top:
         kw["trusted"] = c.trusted(top["trusted"])
     for key, positive in (("resync_interval", True), ("expiry_grace", False),
@@ -153,9 +156,9 @@ def parse_config(data, source: str = "config") -> Config:
         if key in top:
             kw[key] = c.seconds(key, top[key], positive)
     if "events_per_sec" in top:
-        kw["events_per_sec"] = c.whole("events_per_sec", top["events_per_sec"], 0, 1_000_000)
+        kw["events_per_sec"] = c.apply(policy.events_per_sec, top["events_per_sec"])
     if "reject_mark" in top:
-        kw["reject_mark"] = c.reject_mark(top["reject_mark"])
+        kw["reject_mark"] = c.apply(policy.reject_mark, top["reject_mark"])
     if "metrics" in top:
         metrics = c.mapping("metrics", top["metrics"], METRICS_KEYS,
                             "such as {listen: 127.0.0.1:9477}")
@@ -168,33 +171,9 @@ def parse_config(data, source: str = "config") -> Config:
     return Config(**kw)
 
 
-def _show(value) -> str:
-    """A value as the operator wrote it, short, on one line."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _join(path: str, key) -> str:
     key = key if isinstance(key, str) and key.isprintable() else _show(key)
     return f"{path}.{key}" if path else key
-
-
-def _one_of(choices) -> str:
-    quoted = [f"'{c}'" for c in choices]
-    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
-
-
-def _suggest(word, known) -> str:
-    close = difflib.get_close_matches(word, known, n=1)
-    if not close:  # a shortened key: xdp for xdp_mode
-        close = [k for k in known if word and k.startswith(word)]
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _bad_name(name: str) -> bool:
@@ -210,6 +189,14 @@ class _Checker:
     def fail(self, path: str, problem: str):
         where = f"{self.source}: {path}: " if path else f"{self.source}: "
         raise ConfigError(where + problem)
+
+    def apply(self, check, value):
+        """check(value), a check of nfguard.policy; its refusal named by file
+        and key (the policy's keys are the config's: methods[1])."""
+        try:
+            return check(value)
+        except policy.PolicyError as e:
+            self.fail(e.where, e.problem)
 
     # -- shapes
     def mapping(self, path, value, known, example) -> dict:
@@ -262,17 +249,10 @@ class _Checker:
         return float(value)
 
     def choice(self, path, value, choices) -> str:
-        if not isinstance(value, str) or value not in choices:
-            hint = _suggest(value, choices) if isinstance(value, str) else ""
-            self.fail(path, f"must be {_one_of(choices)}, not {_show(value)}{hint}")
-        return value
-
-    def reject_mark(self, value) -> int:
-        # 0 is "no mark": the nftables rule could not tell rejected packets apart
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 1 << 32:
-            self.fail("reject_mark", "must be a non-zero 32-bit number (1 to 0xffffffff), "
-                      f"not {_show(value)}")
-        return value
+        try:
+            return policy.choice(path, value, choices)  # the policy's wording
+        except policy.PolicyError as e:
+            self.fail(path, e.problem)
 
     def absolute_path(self, path, value) -> str:
         text = self.string(path, value, "an absolute path")
@@ -315,61 +295,21 @@ class _Checker:
             self.fail(path, f"the port must be a whole number from 1 to 65535, not {port!r}")
         return text
 
-    # -- lists
+    # -- lists (the policy values: nfguard.policy checks them)
     def ports(self, value) -> tuple[int, ...]:
-        items = self.seq("ports", value, "[5060, 5080]")
-        if not items:
-            self.fail("ports", "must not be empty (nothing would be guarded)")
-        seen = set()
-        for i, port in enumerate(items):
-            self.whole(f"ports[{i}]", port, 1, 65535)
-            if port in seen:
-                self.fail(f"ports[{i}]", f"{port} is listed twice")
-            seen.add(port)
-        return tuple(items)
+        return self.apply(policy.ports, self.seq("ports", value, "[5060, 5080]"))
 
     def methods(self, value) -> tuple[str, ...]:
         items = self.seq("methods", value, "[INVITE]")
-        if not items:
-            self.fail("methods", "must not be empty (nothing would be guarded)")
-        for i, m in enumerate(items):
-            path = f"methods[{i}]"
-            self.string(path, m, "a SIP method name such as INVITE")
-            if m == "REGISTER":
-                self.fail(path, "REGISTER cannot be guarded: it is how bindings are made "
-                          "(a phone must be able to register from a new address)")
-            if m not in consts.METHOD_BITS:
-                if m.upper() in consts.METHOD_BITS or m.upper() == "REGISTER":
-                    hint = f" (method names are upper case: '{m.upper()}')"
-                else:
-                    hint = _suggest(m, consts.METHOD_BITS) or \
-                        f" (known: {', '.join(consts.METHOD_BITS)})"
-                self.fail(path, f"unknown SIP method {m!r}{hint}")
-            if m in items[:i]:
-                self.fail(path, f"{m} is listed twice")
-        return tuple(items)
+        for i, m in enumerate(items):  # first, for the YAML hint on a number
+            self.string(f"methods[{i}]", m, "a SIP method name such as INVITE")
+        return self.apply(policy.methods, items)
 
     def trusted(self, value) -> tuple[str, ...]:
         items = self.seq("trusted", value, "[10.0.0.0/8, '2001:db8::/32']")
-        out: list[str] = []
         for i, item in enumerate(items):
-            path = f"trusted[{i}]"
-            text = self.string(path, item, "a network such as 10.0.0.0/8 or 2001:db8::/32")
-            try:
-                net = ipaddress.ip_network(text)
-            except ValueError:
-                try:
-                    loose = ipaddress.ip_network(text, strict=False)
-                except ValueError:
-                    self.fail(path, f"{text!r} is not a network such as 10.0.0.0/8 "
-                              "or 2001:db8::/32")
-                self.fail(path, f"{text} has host bits set: did you mean {loose.with_prefixlen}?")
-            if getattr(net.network_address, "scope_id", None):
-                self.fail(path, f"{text}: a zone (%...) cannot be part of a trusted network")
-            if net.with_prefixlen in out:
-                self.fail(path, f"{net.with_prefixlen} is listed twice")
-            out.append(net.with_prefixlen)
-        return tuple(out)
+            self.string(f"trusted[{i}]", item, "a network such as 10.0.0.0/8 or 2001:db8::/32")
+        return self.apply(policy.trusted, items)
 
     def interfaces(self, value) -> tuple[Interface, ...]:
         items = self.seq("interfaces", value, "[eth0]")

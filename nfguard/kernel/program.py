@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from nfguard import consts
+from nfguard import consts, policy
 from nfguard.errors import CompileError, NfguardError
 from nfguard.kernel.host import ensure_bpffs, require_bpf_runtime
 from nfguard.kernel.libbpf import map_ids_of_programs, obj_pin, pinned_map_id, prog_test_run
@@ -248,22 +248,16 @@ class Program:
         reject_mark: int = consts.DEFAULT_REJECT_MARK,
         events_per_sec: int = 100,
     ) -> None:
+        # the checks of the config file and replay (PolicyError, a ValueError)
         modes = {"monitor": consts.MODE_MONITOR, "enforce": consts.MODE_ENFORCE}
         actions = {"drop": consts.ACTION_DROP, "reject": consts.ACTION_REJECT}
         frags = {"verdict": consts.FRAG_VERDICT, "pass": consts.FRAG_PASS}
-        if mode not in modes:
-            raise ValueError(f"mode must be one of {', '.join(modes)}, not {mode!r}")
-        if action not in actions:
-            raise ValueError(f"action must be one of {', '.join(actions)}, not {action!r}")
-        if fragments not in frags:
-            raise ValueError(f"fragments must be one of {', '.join(frags)}, not {fragments!r}")
-        mask = consts.methods_mask(methods)
-        if not mask:
-            raise ValueError("at least one method must be guarded")
-        if not 0 < reject_mark < 1 << 32:
-            raise ValueError("reject_mark must be a non-zero 32-bit value")
-        if not 0 <= events_per_sec < 1 << 32:
-            raise ValueError("events_per_sec must be a 32-bit value")
+        mode = policy.mode(mode)
+        action = policy.action(action)
+        fragments = policy.fragments(fragments)
+        mask = consts.methods_mask(policy.methods(methods))
+        reject_mark = policy.reject_mark(reject_mark)
+        events_per_sec = policy.events_per_sec(events_per_sec)
         cfg = self._config[ctypes.c_uint32(0)]  # keeps cred_seed
         cfg.mode = modes[mode]
         cfg.action = actions[action]
@@ -287,14 +281,8 @@ class Program:
     def set_ports(self, ports: Iterable[int]) -> None:
         """Guard exactly these UDP destination ports (a bitmap in the map)."""
         words = [0] * (65536 // 64)
-        count = 0
-        for p in ports:
-            if not isinstance(p, int) or isinstance(p, bool) or not 0 < p < 65536:
-                raise ValueError(f"port {p!r} is not a UDP port number")
+        for p in policy.ports(ports):  # PolicyError (a ValueError) before any write
             words[p // 64] |= 1 << (p % 64)
-            count += 1
-        if not count:
-            raise ValueError("at least one port must be guarded")
         for i, w in enumerate(words):
             if w or self._ports[ctypes.c_uint32(i)].value:
                 self._ports[ctypes.c_uint32(i)] = ctypes.c_uint64(w)
@@ -308,7 +296,9 @@ class Program:
 
     # -- trusted networks ----------------------------------------------
     def _lpm_key(self, cidr: str):
-        net = ipaddress.ip_network(cidr, strict=False)
+        # the config's and replay's check: PolicyError (a ValueError) for
+        # 10.0.0.1/8 rather than a silently masked 10.0.0.0/8
+        net = ipaddress.ip_network(policy.network(cidr))
         key = self._trusted.Key()
         key.prefixlen = net.prefixlen + (96 if net.version == 4 else 0)
         key.addr[:] = list(addr_bytes(net.network_address))
