@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* nfguard: limits, reasons and modes shared by the XDP and TC programs.
  *
- * Every number the Python side must agree on lives here; nfguard/consts.py
- * mirrors it and tests/test_consts.py checks the two stay equal.
+ * Every limit of the C programs lives here, the overridable ones (tests
+ * build other sizes with -D) under #ifndef. nfguard/consts.py mirrors every
+ * number the Python side must agree on, and tests/test_consts.py checks the
+ * two stay equal. Section numbers are those of docs/design.md and
+ * docs/classifier.md.
  */
 #ifndef NFGUARD_CONSTS_H
 #define NFGUARD_CONSTS_H
@@ -15,9 +18,20 @@
 #define NFG_LAYOUT_VERSION 1
 #endif
 
+/* Sizes of the maps (nfguard_maps.h). */
+#ifndef NFG_BINDINGS_MAX
+#define NFG_BINDINGS_MAX 131072
+#endif
+#define NFG_TRUSTED_MAX 4096
+/* The guarded UDP ports as a bitmap: 64 ports a word. */
+#define NFG_PORT_WORDS (65536 / 64)
+/* Pages of the verdict event ring buffer. */
+#define NFG_EVENTS_PAGES 16
+
 /* Bytes of UDP payload copied into the scratch buffer and inspected. A
  * guarded request whose header section does not end inside them gets the
- * verdict (DESIGN.md §2 rule 5). Must be a power of two: indexes are masked. */
+ * verdict (docs/design.md §2 rule 5). Must be a power of two: indexes are
+ * masked. */
 #ifndef NFG_SCAN_MAX
 #define NFG_SCAN_MAX 4096
 #endif
@@ -25,20 +39,26 @@
 /* Slack after the buffer so that 8-byte loads and 128-byte value copies
  * starting at any masked index stay inside the map value. */
 #define NFG_SCAN_PAD 256
+/* Bytes the line and parameter scanners look at in one step: four 8-byte
+ * words (the loops are written for exactly four). */
+#define NFG_SCAN_STRIDE 32
+#if NFG_SCAN_STRIDE != 32
+#error "the scanners load four 8-byte words a step"
+#endif
 
-/* Steps of the line scanner: one per 32 bytes without a control byte plus
- * one per control byte (CR, LF, HT) found. A header section needing more
- * gets the verdict (scan_limit): 4 KiB of headers in 100 lines take about
- * 350. */
+/* Steps of the line scanner: one per NFG_SCAN_STRIDE bytes without a
+ * control byte plus one per control byte (CR, LF, HT) found. A header
+ * section needing more gets the verdict (scan_limit): 4 KiB of headers in
+ * 100 lines take about 350. */
 #ifndef NFG_LINE_STEPS
 #define NFG_LINE_STEPS 640
 #endif
-/* Header lines starting with a, A, p or P (those that may be Authorization
- * or Proxy-Authorization) remembered; more: scan_limit. A power of two:
- * indexes are masked. */
+/* Header lines starting "au" or "pr" in any case (those that may be
+ * Authorization or Proxy-Authorization) remembered; more: scan_limit. A
+ * power of two: indexes are masked. */
 #define NFG_MAX_LINES 64
 /* Steps of the parameter scanner over all credential header values: one
- * per 8-byte word plus one per 'u' or 'r' found. */
+ * per NFG_SCAN_STRIDE bytes plus one per 'u' or 'r' found. */
 #ifndef NFG_PARAM_STEPS
 #define NFG_PARAM_STEPS 384
 #endif
@@ -53,16 +73,26 @@
 #error "step limits must be multiples of NFG_STEPS_PER_CALL"
 #endif
 
-/* Leading CR/LF bytes skipped before the request line. */
+/* SP, HT, CR and LF bytes skipped before the request line; as many or
+ * more: too_many_empty_lines. A multiple of 8. */
 #define NFG_LEADING_MAX 64
 /* Whitespace (SP, HT, CR, LF) skipped around ':' '=' ',' inside headers. */
 #define NFG_LWS_MAX 16
 /* Leading '"' skipped at the start of a parameter value. */
 #define NFG_QUOTES_MAX 8
+/* Request line bytes that decide whether a guarded method is there: the
+ * longest method name (SUBSCRIBE) and its separator. Fewer inspected while
+ * the datagram goes on: the request is unfinished. */
+#define NFG_METHOD_SPAN 10
 
+/* Longest username and realm a binding holds, in bytes (multiples of 8);
+ * a longer value is credential_too_long. */
 #define NFG_USER_MAX 64
 #define NFG_REALM_MAX 128
+/* Credential headers of one request; more: too_many_credentials. A power of
+ * two: indexes are masked. */
 #define NFG_MAX_CRED_HDRS 4
+/* VLAN tags and IPv6 extension headers walked. */
 #define NFG_MAX_VLAN 2
 #define NFG_MAX_EXT_HDRS 6
 

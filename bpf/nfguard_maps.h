@@ -2,16 +2,13 @@
 /* nfguard: maps. With NFG_PIN_DIR defined (the loader passes it) the state
  * maps are pinned there and reused when they already exist, so enforcement
  * survives a controller restart; without it (tests, replay) they are
- * private to this load. */
+ * private to this load. The pinned maps' layout is NFG_LAYOUT_VERSION
+ * (nfguard_consts.h); their sizes are in nfguard_consts.h too.
+ */
 #ifndef NFGUARD_MAPS_H
 #define NFGUARD_MAPS_H
 
 #include "nfguard_structs.h"
-
-#ifndef NFG_BINDINGS_MAX
-#define NFG_BINDINGS_MAX 131072
-#endif
-#define NFG_TRUSTED_MAX 4096
 
 #ifdef NFG_PIN_DIR
 #define NFG_MAP(type, k, v, name, n, flags) \
@@ -21,6 +18,7 @@
 	BPF_F_TABLE(type, k, v, name, n, flags)
 #endif
 
+/* The pinned state (docs/design.md §3). */
 NFG_MAP("hash", struct nfg_binding_key, struct nfg_binding_val, bindings,
 	NFG_BINDINGS_MAX, BPF_F_NO_PREALLOC);
 NFG_MAP("lpm_trie", struct nfg_lpm_key, __u8, trusted, NFG_TRUSTED_MAX,
@@ -28,13 +26,15 @@ NFG_MAP("lpm_trie", struct nfg_lpm_key, __u8, trusted, NFG_TRUSTED_MAX,
 /* Guarded UDP ports as a bitmap: word port / 64, bit port % 64. An array
  * lookup is inlined by the verifier, far cheaper than a hash lookup on the
  * path every non-SIP packet takes. */
-NFG_MAP("array", __u32, __u64, ports, 65536 / 64, 0);
+NFG_MAP("array", __u32, __u64, ports, NFG_PORT_WORDS, 0);
 NFG_MAP("array", __u32, struct nfg_config, config, 1, 0);
 NFG_MAP("percpu_array", __u32, __u64, counters, NFG_R_COUNT, 0);
 
+/* Private to each load (the loader pins each load's stages array under a
+ * name of its own). */
 BPF_PERCPU_ARRAY(scratch, struct nfg_scratch, 1);
 BPF_PERCPU_ARRAY(ratelimit, struct nfg_ratelimit, 1);
-BPF_RINGBUF_OUTPUT(events, 16);
+BPF_RINGBUF_OUTPUT(events, NFG_EVENTS_PAGES);
 /* The later stages, reached by tail calls (see nfguard.c). */
 BPF_PROG_ARRAY(stages, NFG_STAGES);
 

@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* nfguard: map keys and values. Layouts are mirrored with ctypes in
- * nfguard/maps.py; keep field order and sizes in step. */
+/* nfguard: map keys and values. bcc gives the Python side these layouts;
+ * nfguard/kernel/program.py mirrors struct nfg_event with ctypes and
+ * nfguard/kernel/pins.py the sizes of the pinned maps' keys and values: keep
+ * field order and sizes in step, and bump NFG_LAYOUT_VERSION with any change
+ * to a pinned map's key or value. */
 #ifndef NFGUARD_STRUCTS_H
 #define NFGUARD_STRUCTS_H
 
@@ -13,12 +16,12 @@ struct nfg_cred_id {
 } __attribute__((aligned(8)));
 
 /* A binding is keyed by a seeded 64-bit hash of its credentials (the words
- * holding bytes of each, then its length: cred_hash() in nfguard/program.py)
- * and the
- * address (IPv6, or IPv4 mapped into ::ffff:0:0/96); the value holds the
- * credentials themselves, compared in full after the lookup. A 24-byte key
- * hashes in a fraction of the time of a 208-byte one, and the full compare
- * keeps the match exact whatever the hash does. */
+ * holding bytes of each, then its length: copy_lower() in nfguard_cred.h,
+ * cred_hash() in nfguard/kernel/program.py) and the address (IPv6, or IPv4
+ * mapped into ::ffff:0:0/96); the value holds the credentials themselves,
+ * compared in full after the lookup. A 24-byte key hashes in a fraction of
+ * the time of a 208-byte one, and the full compare keeps the match exact
+ * whatever the hash does. */
 struct nfg_binding_key {
 	__u64 cred_hash;
 	__u8 addr[16];
@@ -110,13 +113,13 @@ struct nfg_scratch {
 	__u32 pos;	   /* scanner position */
 	__u32 done;	   /* 0 scanning, 1 finished, 2 stopped with reason */
 	__u32 reason;	   /* reason when done == 2 */
-	__u32 nlines;	/* candidate header lines found (first byte a or p) */
-	__u32 open;	/* the current header is a candidate line */
-	__u32 req_line; /* the line being scanned is the request line */
-	__u32 ncred;	/* credential headers found */
-	__u32 cur;	/* line or credential header index of a loop */
-	__u32 steps;	/* scanner steps taken, over all tail calls */
-	__u32 tmp;	/* a value laundered through memory */
+	__u32 nlines;	   /* candidate header lines found (au or pr) */
+	__u32 open;	   /* the current header is a candidate line */
+	__u32 req_line;	   /* the line being scanned is the request line */
+	__u32 ncred;	   /* credential headers found */
+	__u32 cur;	   /* line or credential header index of a loop */
+	__u32 steps;	   /* scanner steps taken, over all tail calls */
+	__u32 tmp;	   /* a value laundered through memory */
 	__u32 hdr_start[NFG_MAX_LINES];
 	__u32 hdr_end[NFG_MAX_LINES]; /* terminator ending each line */
 	struct nfg_cred cred[NFG_MAX_CRED_HDRS];

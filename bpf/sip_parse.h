@@ -1,15 +1,17 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* nfguard: SIP request parsing over the per-CPU scratch buffer.
+/* nfguard: SIP request parsing over the per-CPU scratch buffer
+ * (docs/classifier.md §3 to §7).
  *
  * The payload is copied into s->buf; every index into it is masked with
  * NFG_SCAN_MASK, and NFG_SCAN_PAD bytes of slack make 8-byte loads at any
  * masked index safe. Bytes at or past s->len are stale: each helper compares
  * positions against s->len (or a header end) before trusting a byte.
  *
- * Speed comes from looking at 8 bytes per step: the line scanner skips words
- * with no line stop byte (below 0x0e, where CR, LF and HT are, or from 0x8e
- * up); the parameter scanner skips words with no 'u' or 'r'. Only the few
- * places those find are looked at byte by byte.
+ * Speed comes from looking at 8 bytes per operation (word_tricks.h) and
+ * NFG_SCAN_STRIDE bytes per step: the line scanner skips words with no line
+ * stop byte (below 0x0e, where CR, LF and HT are, or from 0x8e up); the
+ * parameter scanner skips words with no 'u' or 'r'. Only the few places
+ * those find are looked at byte by byte.
  *
  * The two scanning loops keep their state in the scratch map value, not in
  * registers: reloaded after a compiler barrier, it reaches the verifier as
@@ -20,106 +22,13 @@
 #define NFGUARD_SIP_PARSE_H
 
 #include "nfguard_structs.h"
+#include "word_tricks.h"
 
 #define NFG_BARRIER() asm volatile("" ::: "memory")
-
-/* Little-endian 8-byte constant from characters, byte 0 first. */
-#define C8(a, b, c, d, e, f, g, h)                                            \
-	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 | \
-	 (__u64)(e) << 32 | (__u64)(f) << 40 | (__u64)(g) << 48 |             \
-	 (__u64)(h) << 56)
-#define ONES 0x0101010101010101ULL
-#define HIGHS 0x8080808080808080ULL
-#define LOWS7 0x7f7f7f7f7f7f7f7fULL
-/* OR-ing this lower-cases ASCII letters; only valid when compared against
- * letters, since it also maps other bytes (CR | 0x20 == '-'). */
-#define CASE8 0x2020202020202020ULL
 
 /* Token characters of RFC 3261 §25.1 as a bitmap: bytes 0-63 and 64-127. */
 #define TOKEN_LO 0x03ff6ca200000000ULL
 #define TOKEN_HI 0x47ffffff87fffffeULL
-
-/* An unaligned 8-byte load. Written in asm because clang lowers a u64
- * load from a byte array to eight byte loads; the verifier and the JIT
- * accept unaligned map value access. */
-static __always_inline __u64 load8(struct nfg_scratch *s, __u32 i)
-{
-	__u8 *p = &s->buf[i & NFG_SCAN_MASK];
-	__u64 w;
-
-	asm volatile("%0 = *(u64 *)(%1 + 0)" : "=r"(w) : "r"(p));
-	return w;
-}
-
-/* 8 bytes at a literal offset from a buffer pointer, in one instruction
- * (load8_off() computes the address first). */
-#define LOAD8_AT(p, off)                                    \
-	({                                                  \
-		__u64 w_;                                   \
-		asm volatile("%0 = *(u64 *)(%1 + " #off ")" \
-			     : "=r"(w_)                     \
-			     : "r"(p));                     \
-		w_;                                         \
-	})
-
-/* The 8 bytes `off` (a constant below NFG_SCAN_PAD - 8) after index i.
- * Only i is masked: past the end of the buffer the load reads the zeroed
- * slack, never bytes wrapped round from the start. */
-static __always_inline __u64 load8_off(struct nfg_scratch *s, __u32 i,
-				       const int off)
-{
-	__u8 *p = &s->buf[i & NFG_SCAN_MASK] + off;
-	__u64 w;
-
-	asm volatile("%0 = *(u64 *)(%1 + 0)" : "=r"(w) : "r"(p));
-	return w;
-}
-
-static __always_inline __u8 byte_at(struct nfg_scratch *s, __u32 i)
-{
-	return s->buf[i & NFG_SCAN_MASK];
-}
-
-/* 0x80 in every byte of w below n (n <= 128). Exact for the lowest flagged
- * byte; higher ones may be flagged falsely, so only the lowest is used. */
-static __always_inline __u64 bytes_below(__u64 w, __u64 n)
-{
-	return (w - ONES * n) & ~w & HIGHS;
-}
-
-/* Line stop bytes: 0x80 in the lowest byte of w that is below 0x0e or
- * from 0x8e up, and maybe in higher ones; zero when w has none. Exact for
- * the lowest flagged byte: a borrow only leaves a byte below 0x0e, which is
- * flagged itself. Two operations a word where an exact "below 0x0e" takes
- * three: bytes from 0x8e up (never in ASCII headers) only cost a step.
- * Without the final mask, to OR several words and mask once. */
-static __always_inline __u64 line_stops_raw(__u64 w)
-{
-	return w - ONES * 0x0e;
-}
-
-/* 0x80 in exactly the bytes of w that are zero. */
-static __always_inline __u64 zero_bytes(__u64 w)
-{
-	return ~(((w & LOWS7) + LOWS7) | w | LOWS7);
-}
-
-static __always_inline __u64 bytes_eq(__u64 w, __u8 c)
-{
-	return zero_bytes(w ^ (ONES * c));
-}
-
-/* Index (0-7) of the lowest byte flagged with 0x80 in m; m != 0. */
-static __always_inline __u32 lowest_flag(__u64 m)
-{
-	return (((m & -m) >> 7) * 0x0001020304050607ULL) >> 56;
-}
-
-/* All ones when a == b, else zero; a and b below 2^63. No branch. */
-static __always_inline __u64 eq_mask(__u64 a, __u64 b)
-{
-	return -(((a ^ b) - 1) >> 63);
-}
 
 static __always_inline __u32 is_token(__u8 c)
 {
@@ -206,9 +115,7 @@ static __always_inline __u32 launder(struct nfg_scratch *s, __u32 v)
 	return s->tmp;
 }
 
-/* Request line: skip leading empty lines, then the method must be exactly a
- * guarded method followed by SP or HT. Returns the offset of the method or
- * -1 with s->reason set when the packet is decided here. */
+/* A SIP method: its name as a word, for method_at(). */
 struct nfg_method {
 	__u64 word; /* method name, little-endian, zero padded */
 	__u64 mask; /* bytes of word that hold the name */
@@ -216,11 +123,14 @@ struct nfg_method {
 	__u32 bit;
 };
 
+/* Request line (docs/classifier.md §3): 1 when the bytes at `at` are exactly
+ * a method guarded in `methods` (case-sensitive) followed by SP or HT, else
+ * 0. The caller has skipped the leading SP, HT, CR and LF. */
 static __always_inline int method_at(struct nfg_scratch *s, __u32 at,
 				     __u32 methods)
 {
 	__u64 w = load8(s, at), w2 = load8_off(s, at, 8);
-	/* Up to 9 name bytes + 1 separator: look at the first 10 bytes. */
+	/* Up to 9 name bytes + 1 separator: the first NFG_METHOD_SPAN bytes. */
 	// clang-format off
 	const struct nfg_method table[] = {
 		{ C8('I', 'N', 'V', 'I', 'T', 'E', 0, 0), 0xffffffffffffULL, 6, NFG_M_INVITE },
@@ -259,14 +169,11 @@ static __always_inline int method_at(struct nfg_scratch *s, __u32 at,
 	return 0;
 }
 
-/* The longest guarded method plus its separator. */
-#define NFG_METHOD_SPAN 10
-
-/* Phase 1: find the header lines, from `first` (the request line) to the
- * empty line that ends the header section. Folded lines (starting with SP
- * or HT) continue the header before them. Only header lines that may be
- * Authorization or Proxy-Authorization (first byte a, A, p or P) are
- * remembered, with the terminator of their last line. Sets s->done to 1
+/* Phase 1 (docs/classifier.md §4): find the header lines, from `first` (the
+ * request line) to the empty line that ends the header section. Folded lines
+ * (starting with SP or HT) continue the header before them. Only header
+ * lines that may be Authorization or Proxy-Authorization (starting "au" or
+ * "pr" in any case) are remembered, with the terminator of their last line. Sets s->done to 1
  * when the end was found, to 2 with s->reason otherwise. */
 static __always_inline void scan_lines_init(struct nfg_scratch *s, __u32 first)
 {
@@ -299,14 +206,15 @@ static __always_inline void scan_lines_run(struct nfg_scratch *s)
 			stop(s, NFG_R_HEADERS_TRUNCATED);
 			return;
 		}
-		/* 32 bytes a step while none is a line stop byte. */
+		/* NFG_SCAN_STRIDE bytes (four words) a step while none is a
+		 * line stop byte. */
 		p = &s->buf[pos & NFG_SCAN_MASK];
 		m0 = line_stops_raw(LOAD8_AT(p, 0));
 		m1 = line_stops_raw(LOAD8_AT(p, 8));
 		m2 = line_stops_raw(LOAD8_AT(p, 16));
 		m3 = line_stops_raw(LOAD8_AT(p, 24));
 		if (!((m0 | m1 | m2 | m3) & HIGHS)) {
-			s->pos = pos + 32;
+			s->pos = pos + NFG_SCAN_STRIDE;
 			continue;
 		}
 		m0 &= HIGHS;
@@ -422,9 +330,9 @@ static __always_inline __u32 credential_name(struct nfg_scratch *s, __u32 at)
 	return 0;
 }
 
-/* Phase 2: which header lines are credential headers. The name must be
- * followed by a non-token byte (Authorization-Info is another header), then
- * LWS (folds included) and ':'. */
+/* Phase 2 (docs/classifier.md §5): which header lines are credential
+ * headers. The name must be followed by a non-token byte (Authorization-Info
+ * is another header), then LWS (folds included) and ':'. */
 static __always_inline void find_credentials(struct nfg_scratch *s)
 {
 	s->ncred = 0;
@@ -514,8 +422,8 @@ static __always_inline void param_candidate(struct nfg_scratch *s,
 	}
 }
 
-/* Phase 3: count the username and realm parameters of every credential
- * header. */
+/* Phase 3 (docs/classifier.md §6): count the username and realm parameters
+ * of every credential header. */
 static __always_inline void find_params_init(struct nfg_scratch *s)
 {
 	s->cur = 0;
@@ -566,7 +474,7 @@ static __always_inline void find_params_run(struct nfg_scratch *s)
 		w = LOAD8_AT(p, 24) | CASE8;
 		m3 = bytes_eq(w, 'u') | bytes_eq(w, 'r');
 		if (!(m | m1 | m2 | m3)) {
-			s->pos = pos + 32;
+			s->pos = pos + NFG_SCAN_STRIDE;
 			continue;
 		}
 		if (m)
@@ -597,14 +505,15 @@ static __always_inline __u64 value_stops(__u64 w, int in_quotes)
 	return m;
 }
 
-/* Phase 4: read the value after the '=' at eq, the way FreeSWITCH does:
- * skip every leading '"', stop at the next '"' (no unescaping); unquoted,
- * stop at ',' or LWS. sofia-sip tokenizes first: an odd number of leading
- * quotes leaves the value inside a quoted string, an even number (""x"")
- * outside one, where it would split at commas and compact whitespace. So
- * the quotes around a value must balance, an unquoted-to-sofia value must
- * hold no ',' SP or HT, no value may hold a line break, and only a ',' or
- * the end of the header may follow: anything else is ambiguous. */
+/* Phase 4 (docs/classifier.md §7): read the value after the '=' at eq, the
+ * way FreeSWITCH does: skip every leading '"', stop at the next '"' (no
+ * unescaping); unquoted, stop at ',' or LWS. sofia-sip tokenizes first: an
+ * odd number of leading quotes leaves the value inside a quoted string, an
+ * even number (""x"") outside one, where it would split at commas and
+ * compact whitespace. So the quotes around a value must balance, an
+ * unquoted-to-sofia value must hold no ',' SP or HT, no value may hold a
+ * line break, and only a ',' or the end of the header may follow: anything
+ * else is ambiguous. */
 static __always_inline void read_value(struct nfg_scratch *s,
 				       struct nfg_cred *cr, __u32 eq, __u32 max,
 				       __u32 *off, __u32 *len)
