@@ -3,6 +3,12 @@
 tests/test_consts.py parses the C header and checks every value here.
 """
 
+# Layout version of the pinned maps (nfguard/kernel/pins.py).
+LAYOUT_VERSION = 1
+BINDINGS_MAX = 131072
+TRUSTED_MAX = 4096
+PORT_WORDS = 65536 // 64  # the guarded ports bitmap: 64 ports a word
+
 SCAN_MAX = 4096
 USER_MAX = 64
 REALM_MAX = 128
@@ -15,6 +21,8 @@ QUOTES_MAX = 8
 MAX_LINES = 64
 LINE_STEPS = 640
 PARAM_STEPS = 384
+SCAN_STRIDE = 32  # bytes the line and parameter scanners look at a step
+METHOD_SPAN = 10  # the longest guarded method (SUBSCRIBE) and its separator
 
 STEPS_PER_CALL = 64
 STAGE_SCAN = 0

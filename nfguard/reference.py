@@ -297,7 +297,7 @@ class _Classifier:
         for m in self.cfg.methods:
             if buf.span(first, len(m)) == m and buf[first + len(m)] in (SP, HT):
                 return first
-        if self.more and n - first < 10:
+        if self.more and n - first < consts.METHOD_SPAN:
             raise _Stop(self.unfinished())
         raise _Stop("method_not_guarded")
 
@@ -312,12 +312,12 @@ class _Classifier:
             if pos >= n:
                 raise _Stop(self.unfinished())
             t = None
-            for i in range(pos, pos + 32):
+            for i in range(pos, pos + consts.SCAN_STRIDE):
                 if buf[i] in LINE_STOPS:
                     t = i
                     break
             if t is None:
-                pos += 32
+                pos += consts.SCAN_STRIDE
                 continue
             if t >= n:
                 raise _Stop(self.unfinished())
@@ -393,12 +393,12 @@ class _Classifier:
                 if pos >= end:
                     break  # on to the next credential header
                 p = None
-                for i in range(pos, pos + 32):
+                for i in range(pos, pos + consts.SCAN_STRIDE):
                     if buf[i] in UR:
                         p = i
                         break
                 if p is None:
-                    pos += 32
+                    pos += consts.SCAN_STRIDE
                     continue
                 pos = p + 1
                 if p < end:

@@ -15,17 +15,38 @@ def _header():
 
 
 def _define(name):
+    """The value of #define NFG_<name>: a number, or a parenthesised
+    quotient of two numbers such as (65536 / 64)."""
     m = re.search(rf"#define NFG_{name} (0x[0-9a-fA-F]+|\d+)u?\b", _header())
+    if m:
+        return int(m.group(1), 0)
+    m = re.search(rf"#define NFG_{name} \((\d+) / (\d+)\)", _header())
     assert m, f"NFG_{name} not defined in {HEADER}"
-    return int(m.group(1), 0)
+    return int(m.group(1)) // int(m.group(2))
 
 
 def test_limits_match():
     for name in ["SCAN_MAX", "USER_MAX", "REALM_MAX", "MAX_CRED_HDRS", "MAX_VLAN",
                  "MAX_EXT_HDRS", "LEADING_MAX", "LWS_MAX", "QUOTES_MAX", "MAX_LINES",
                  "LINE_STEPS", "PARAM_STEPS", "STEPS_PER_CALL", "STAGE_SCAN",
-                 "STAGE_PARAMS", "STAGES"]:
+                 "STAGE_PARAMS", "STAGES", "SCAN_STRIDE", "METHOD_SPAN"]:
         assert getattr(consts, name) == _define(name), name
+
+
+def test_map_sizes_and_layout_version_match():
+    for name in ["LAYOUT_VERSION", "BINDINGS_MAX", "TRUSTED_MAX", "PORT_WORDS"]:
+        assert getattr(consts, name) == _define(name), name
+
+
+def test_no_bare_limits_in_the_c():
+    """Every limit of the C is named in nfguard_consts.h: the other files
+    define none of their own."""
+    bpf = os.path.dirname(HEADER)
+    for f in sorted(os.listdir(bpf)):
+        if f.endswith((".c", ".h")) and f != "nfguard_consts.h":
+            with open(os.path.join(bpf, f)) as fh:
+                found = re.findall(r"#define NFG_\w*(?:MAX|STEPS|SPAN|LIMIT)\b", fh.read())
+            assert not found, f"{f}: {found} belong in nfguard_consts.h"
 
 
 def test_modes_actions_and_marks_match():
