@@ -12,8 +12,6 @@ the builders cannot express (odd line ends, folds, raw IPv4/IPv6 fields).
 
 from __future__ import annotations
 
-import ipaddress
-import struct
 from dataclasses import dataclass, field
 
 from nfguard import consts
@@ -136,77 +134,23 @@ def f_inv(*headers: str, src=SRC, frame_kw=None, **kw) -> bytes:
     return frame(msg(*headers, **kw), src=src, **(frame_kw or {}))
 
 
-# -- raw frame builders ------------------------------------------------------
-def udp_raw(src, dst, payload, sport=5060, dport=5060, length=None, csum_len=None) -> bytes:
-    """UDP header with an arbitrary length field. The checksum is the one a
-    receiver checks, over the real length (csum_len) of the datagram."""
-    real = 8 + len(payload) if csum_len is None else csum_len
-    good = P.udp_header(src, dst, sport, dport, payload, length=real)
-    if length is None or length == real:
-        return good + payload
-    # Recompute with the odd length field but the real pseudo-header length.
-    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
-    hdr = struct.pack("!HHHH", sport, dport, length, 0)
-    if s.version == 4:
-        pseudo = s.packed + d.packed + struct.pack("!BBH", 0, 17, real)
-    else:
-        pseudo = s.packed + d.packed + struct.pack("!IxxxB", real, 17)
-    csum = P._csum(pseudo + hdr + payload) or 0xFFFF
-    return struct.pack("!HHHH", sport, dport, length, csum) + payload
-
-
+# -- raw frames: shorthands for nfguard.packets with this table's addresses --
 def v4(payload_l4: bytes, proto=17, src=SRC, **kw) -> bytes:
-    return P.ethernet(P.ETH_P_IP, P.ipv4(src, DST, proto, payload_l4, **kw))
+    return P.ip_frame(src, DST, proto, payload_l4, **kw)
 
 
-def v6(payload_l4: bytes, nexthdr=17, src=SRC6) -> bytes:
-    return P.ethernet(P.ETH_P_IPV6, P.ipv6(src, DST6, nexthdr, payload_l4))
+def v6(payload_l4: bytes, nexthdr=17, src=SRC6, **kw) -> bytes:
+    return P.ip_frame(src, DST6, nexthdr, payload_l4, **kw)
 
 
-def ah_header(nexthdr: int) -> bytes:
-    """IPv6 Authentication Header: 12 bytes fixed part + 4 bytes ICV
-    (payload len field 2 means (2 + 2) * 4 = 16 bytes)."""
-    return struct.pack("!BBHII", nexthdr, 2, 0, 0x100, 1) + b"\0" * 4
-
-
-def v6_chain(kinds: list[int], payload: bytes, src=SRC6) -> bytes:
-    """IPv6 with an explicit chain of extension headers before UDP. Kinds:
-    0/43/60 (8-byte option headers), 51 (AH), 44 (atomic Fragment)."""
-    udp = udp_raw(src, DST6, payload)
-    chain = b""
-    for i, kind in enumerate(kinds):
-        nxt = kinds[i + 1] if i + 1 < len(kinds) else 17
-        if kind == 51:
-            chain += ah_header(nxt)
-        elif kind == 44:
-            chain += P.ipv6_frag(nxt, 0, False)
-        else:
-            chain += P.ipv6_ext(kind, nxt)
-    first = kinds[0] if kinds else 17
-    return P.ethernet(P.ETH_P_IPV6, P.ipv6(src, DST6, first, chain + udp))
-
-
-def dot1q_twice(inner: bytes) -> bytes:
-    """Two 802.1Q (0x8100) tags in a row, then the IPv4 frame's payload."""
-    eth, rest = inner[:12], inner[14:]
-    return eth + struct.pack("!HHHH", 0x8100, 10, 0x8100, 20) + inner[12:14] + rest
-
-
-def first_fragment_v4(payload: bytes, first_size: int, src=SRC, extra: bytes = b"",
-                      ip_extra: bytes = b"") -> bytes:
-    """The first IPv4 fragment of the UDP datagram: UDP header and first_size
+def first_fragment(payload: bytes, first_size: int, src=SRC, extra: bytes = b"",
+                   ip_extra: bytes = b"") -> bytes:
+    """The first IP fragment of the UDP datagram: UDP header and first_size
     bytes of payload, plus `ip_extra` bytes inside the IP packet, plus `extra`
     bytes after it in the frame (Ethernet trailer/padding)."""
-    udp = udp_raw(src, DST, payload)
-    chunk = udp[: 8 + first_size] + ip_extra
-    return P.ethernet(P.ETH_P_IP, P.ipv4(src, DST, 17, chunk, more_fragments=True)) + extra
-
-
-def first_fragment_v6(payload: bytes, first_size: int, src=SRC6, extra: bytes = b"") -> bytes:
-    udp = udp_raw(src, DST6, payload)
-    chunk = udp[: 8 + first_size]
-    return P.ethernet(P.ETH_P_IPV6,
-                      P.ipv6(src, DST6, 44, P.ipv6_frag(17, 0, True) + chunk)) + extra
+    dst = DST6 if ":" in src else DST
+    chunk = P.udp_datagram(src, dst, payload)[: 8 + first_size] + ip_extra
+    return P.ip_frame(src, dst, 17, chunk, frag=(0, True)) + extra
 
 
 def headers_end(payload: bytes) -> int:
@@ -905,10 +849,10 @@ case("request_line_only", frame(f"INVITE {TARGET} SIP/2.0\r\n".encode()), "heade
 case("request_line_without_terminator", frame(f"INVITE {TARGET} SIP/2.0".encode()),
      "headers_truncated")
 case("udp_length_longer_than_frame_headers_complete",
-     v4(udp_raw(OTHER, DST, msg(pa()), length=8 + len(msg(pa())) + 100), src=OTHER),
+     v4(P.udp_datagram(OTHER, DST, msg(pa()), length=8 + len(msg(pa())) + 100), src=OTHER),
      "not_bound", **UR)
 case("udp_length_longer_than_frame_headers_incomplete",
-     v4(udp_raw(SRC, DST, msg(pa(), end=""), length=8 + len(msg(pa())) + 100)),
+     v4(P.udp_datagram(SRC, DST, msg(pa(), end=""), length=8 + len(msg(pa())) + 100)),
      "headers_truncated", bindings=BOUND)
 case("headers_end_with_single_byte_empty_line",
      frame(f"INVITE {TARGET} SIP/2.0\r\nVia: x\r\n\r".encode()), "no_credentials")
@@ -917,16 +861,16 @@ case("headers_end_with_single_lf_empty_line",
 _udp_short = msg(pa(), after=("X-Filler: " + "f" * 40,))
 _cut = _udp_short.index(b"X-Filler") + 4
 case("udp_length_cuts_header_section",
-     v4(udp_raw(SRC, DST, _udp_short, length=8 + _cut, csum_len=8 + _cut)), "headers_truncated",
-     bindings=BOUND, note="the kernel trims the datagram to the UDP length")
+     v4(P.udp_datagram(SRC, DST, _udp_short, length=8 + _cut, checksum_length=8 + _cut)),
+     "headers_truncated", bindings=BOUND, note="the kernel trims the datagram to the UDP length")
 _ndata = msg(after=("X-Filler: f",), end="")
 case("ethernet_padding_does_not_end_headers",
-     P.ethernet(P.ETH_P_IP, P.ipv4(SRC, DST, 17, udp_raw(SRC, DST, _ndata))) + b"\r\n\r\n",
+     v4(P.udp_datagram(SRC, DST, _ndata)) + b"\r\n\r\n",
      "headers_truncated", note="bytes after the IP packet are not payload")
-case("udp_length_zero_ipv4", v4(udp_raw(SRC, DST, msg(pa()), length=0), src=SRC),
+case("udp_length_zero_ipv4", v4(P.udp_datagram(SRC, DST, msg(pa()), length=0), src=SRC),
      "method_not_guarded", note="IPv4 drops UDP length < 8")
-case("udp_length_zero_ipv6_jumbo", v6(udp_raw(OTHER6, DST6, msg(pa()), length=0), src=OTHER6),
-     "not_bound", **UR,
+case("udp_length_zero_ipv6_jumbo",
+     v6(P.udp_datagram(OTHER6, DST6, msg(pa()), length=0), src=OTHER6), "not_bound", **UR,
      note="SPEC-UNSAFE: Linux udp6 treats UDP length 0 as 'jumbo' (ulen = skb->len) and "
           "delivers the INVITE; the spec makes payload_len 0 -> method_not_guarded")
 
@@ -1033,14 +977,14 @@ case("v4_first_fragment_no_payload_frag_pass", frags(FRAG_LATE_CRED, 0, src=OTHE
 _cut_at = FRAG_LATE_CRED.index(b"Proxy-Authorization")  # a line start
 _cut8 = _cut_at // 8 * 8
 case("v4_first_fragment_trailer_fakes_header_end",
-     first_fragment_v4(FRAG_LATE_CRED, _cut8, src=OTHER,
+     first_fragment(FRAG_LATE_CRED, _cut8, src=OTHER,
                        extra=FRAG_LATE_CRED[_cut8:_cut_at] + b"\r\n"),
      "fragmented",
      note="SPEC-UNSAFE: bytes after the IP packet (Ethernet trailer) are read as payload of "
           "a first fragment: they fake the end of the header section; the kernel trims them "
           "and reassembles with the credentials of the next fragment")
 case("v4_first_fragment_unaligned_tail_fakes_header_end",
-     first_fragment_v4(FRAG_LATE_CRED, _cut8, src=OTHER,
+     first_fragment(FRAG_LATE_CRED, _cut8, src=OTHER,
                        ip_extra=FRAG_LATE_CRED[_cut8:_cut_at] + b"\r\n"),
      "fragmented",
      note="SPEC-UNSAFE: Linux trims a non-last IPv4 fragment to a multiple of 8 bytes "
@@ -1048,8 +992,8 @@ case("v4_first_fragment_unaligned_tail_fakes_header_end",
 for _i, _f in enumerate(frags(FRAG_LATE_CRED, 256, src=OTHER)[1:], 1):
     case(f"v4_later_fragment_{_i}", _f, "later_fragment")
     case(f"v4_later_fragment_{_i}_frag_pass", _f, "later_fragment", config={"fragments": "pass"})
-case("v4_later_fragment_tcp", v4(b"\0" * 64, proto=6, frag_offset=1480), "later_fragment")
-case("v4_later_fragment_last", v4(b"x" * 32, frag_offset=64, more_fragments=False),
+case("v4_later_fragment_tcp", v4(b"\0" * 64, proto=6, frag=(1480, False)), "later_fragment")
+case("v4_later_fragment_last", v4(b"x" * 32, frag=(64, False)),
      "later_fragment")
 
 case("v6_first_fragment_whole_headers_no_credentials",
@@ -1067,17 +1011,18 @@ case("v6_first_fragment_register", frags(FRAG_REGISTER, 256, src=OTHER6)[0],
 case("v6_first_fragment_no_payload", frags(FRAG_LATE_CRED, 0, src=OTHER6)[0], "fragmented",
      note="SPEC-UNSAFE: as v4_first_fragment_no_payload")
 case("v6_first_fragment_trailer_fakes_header_end",
-     first_fragment_v6(FRAG_LATE_CRED, _cut8, src=OTHER6,
+     first_fragment(FRAG_LATE_CRED, _cut8, src=OTHER6,
                        extra=FRAG_LATE_CRED[_cut8:_cut_at] + b"\r\n"),
      "fragmented", note="SPEC-UNSAFE: as v4_first_fragment_trailer_fakes_header_end")
 for _i, _f in enumerate(frags(FRAG_LATE_CRED, 256, src=OTHER6)[1:], 1):
     case(f"v6_later_fragment_{_i}", _f, "later_fragment")
-case("v6_hop_by_hop_then_first_fragment", P.ethernet(P.ETH_P_IPV6, P.ipv6(OTHER6, DST6, 0,
-     P.ipv6_ext(0, 44) + P.ipv6_frag(17, 0, True) + udp_raw(OTHER6, DST6, FRAG_LATE_CRED)[:264])),
+case("v6_hop_by_hop_then_first_fragment",
+     v6(P.udp_datagram(OTHER6, DST6, FRAG_LATE_CRED)[:264], src=OTHER6, ext_headers=[0],
+        frag=(0, True)),
      "fragmented")
-case("v6_hop_by_hop_then_later_fragment", P.ethernet(P.ETH_P_IPV6, P.ipv6(OTHER6, DST6, 0,
-     P.ipv6_ext(0, 44) + P.ipv6_frag(17, 264, False) + FRAG_LATE_CRED[256:])), "later_fragment")
-case("v6_atomic_fragment_is_whole_datagram", v6_chain([44], msg(pa()), src=OTHER6),
+case("v6_hop_by_hop_then_later_fragment",
+     v6(FRAG_LATE_CRED[256:], src=OTHER6, ext_headers=[0], frag=(264, False)), "later_fragment")
+case("v6_atomic_fragment_is_whole_datagram", frame(msg(pa()), src=OTHER6, ext_headers=[44]),
      "not_bound", **UR)
 
 # 20. IPv6 extension headers ---------------------------------------------------------------
@@ -1085,8 +1030,7 @@ for _kinds, _tag in (([0], "hop_by_hop"), ([43], "routing"), ([60], "dest_opts")
                      ([0, 43, 60], "hbh_routing_dest"), ([51], "ah"), ([0, 60, 51, 43], "mixed_4"),
                      ([0, 60, 60, 60, 60, 60], "six")):
     case(f"v6_ext_{_tag}_not_bound",
-         frame(msg(pa()), src=OTHER6, ext_headers=[k for k in _kinds if k != 51])
-         if 51 not in _kinds else v6_chain(_kinds, msg(pa()), src=OTHER6), "not_bound", **UR)
+         frame(msg(pa()), src=OTHER6, ext_headers=_kinds, ah_icv=b"\0" * 4), "not_bound", **UR)
 case("v6_ext_six_bound", frame(msg(pa()), src=SRC6, ext_headers=[0, 43, 60, 60, 60, 60]),
      "bound", bindings=BOUND6, **UR)
 case("v6_ext_six_no_credentials", frame(msg(), src=OTHER6, ext_headers=[0, 43, 60, 60, 60, 60]),
@@ -1095,10 +1039,9 @@ case("v6_ext_seven_limit", frame(msg(pa()), src=SRC6, ext_headers=[0, 43, 60, 60
      "ext_header_limit", bindings=BOUND6)
 case("v6_ext_seven_limit_no_credentials",
      frame(msg(), src=OTHER6, ext_headers=[60, 60, 60, 60, 60, 60, 60]), "ext_header_limit")
-case("v6_ext_six_then_fragment_limit", v6_chain([0, 60, 60, 60, 60, 60, 44], msg(), src=OTHER6),
-     "ext_header_limit")
-case("v6_ext_then_tcp", P.ethernet(P.ETH_P_IPV6, P.ipv6(OTHER6, DST6, 0,
-     P.ipv6_ext(0, 6) + b"\0" * 40)), "not_udp")
+case("v6_ext_six_then_fragment_limit",
+     frame(msg(), src=OTHER6, ext_headers=[0, 60, 60, 60, 60, 60, 44]), "ext_header_limit")
+case("v6_ext_then_tcp", v6(b"\0" * 40, nexthdr=6, src=OTHER6, ext_headers=[0]), "not_udp")
 case("v6_ext_truncated", P.ethernet(P.ETH_P_IPV6, P.ipv6(OTHER6, DST6, 0, b"")), "not_ip")
 case("v6_ext_truncated_one_byte", P.ethernet(P.ETH_P_IPV6, P.ipv6(OTHER6, DST6, 43, b"\x11")),
      "not_ip")
@@ -1112,7 +1055,7 @@ case("v6_esp", v6(b"\0" * 40, nexthdr=50, src=OTHER6), "not_udp")
 case("v6_header_truncated", P.ethernet(P.ETH_P_IPV6, P.ipv6(OTHER6, DST6, 17, b"")[:30]),
      "not_ip")
 case("v6_wrong_version", P.ethernet(P.ETH_P_IPV6, b"\x40" + P.ipv6(OTHER6, DST6, 17,
-     udp_raw(OTHER6, DST6, msg(pa())))[1:]), "not_ip")
+     P.udp_datagram(OTHER6, DST6, msg(pa())))[1:]), "not_ip")
 
 # 21. L2 and IPv4 -----------------------------------------------------------------------------
 case("vlan_one_tag_not_bound", f_inv(pa(), src=OTHER, frame_kw={"vlans": (100,)}), "not_bound",
@@ -1123,7 +1066,9 @@ case("vlan_two_tags_bound", f_inv(pa(), frame_kw={"vlans": (100, 200)}), "bound"
      bindings=BOUND, **UR)
 case("vlan_two_tags_ipv6_not_bound", f_inv(pa(), src=OTHER6, frame_kw={"vlans": (7, 8)}),
      "not_bound", **UR)
-case("vlan_two_8021q_tags_not_bound", dot1q_twice(f_inv(pa(), src=OTHER)), "not_bound", **UR)
+case("vlan_two_8021q_tags_not_bound",
+     f_inv(pa(), src=OTHER, frame_kw={"vlans": (10, 20), "vlan_tpid": P.ETH_P_8021Q}),
+     "not_bound", **UR)
 case("vlan_three_tags", f_inv(pa(), src=OTHER, frame_kw={"vlans": (1, 2, 3)}), "not_ip")
 case("vlan_tag_truncated", P.DST_MAC + P.SRC_MAC + b"\x81\x00\x00", "not_ip")
 case("vlan_tag_then_arp", P.ethernet(0x0806, b"\0" * 28, vlans=(5,)), "not_ip")
@@ -1134,11 +1079,11 @@ case("ipv4_options_40_bytes_bound", f_inv(pa(), frame_kw={"ip_options": b"\x01" 
 case("ipv4_options_with_vlans", f_inv(pa(), src=OTHER,
      frame_kw={"ip_options": b"\x01" * 8, "vlans": (3, 4)}), "not_bound", **UR)
 case("ipv4_ihl_below_5", P.ethernet(P.ETH_P_IP, b"\x44" + P.ipv4(OTHER, DST, 17,
-     udp_raw(OTHER, DST, msg(pa())))[1:]), "not_ip")
+     P.udp_datagram(OTHER, DST, msg(pa())))[1:]), "not_ip")
 case("ipv4_ihl_past_frame", P.ethernet(P.ETH_P_IP, b"\x4f" + P.ipv4(OTHER, DST, 17, b"")[1:]),
      "not_ip")
 case("ipv4_wrong_version", P.ethernet(P.ETH_P_IP, b"\x65" + P.ipv4(OTHER, DST, 17,
-     udp_raw(OTHER, DST, msg(pa())))[1:]), "not_ip")
+     P.udp_datagram(OTHER, DST, msg(pa())))[1:]), "not_ip")
 case("ipv4_header_truncated", P.ethernet(P.ETH_P_IP, P.ipv4(OTHER, DST, 17, b"")[:12]), "not_ip")
 case("ipv4_tcp", v4(b"\0" * 20 + msg(pa()), proto=6, src=OTHER), "not_udp")
 case("ipv4_icmp", v4(b"\x08\0\0\0\0\0\0\0", proto=1, src=OTHER), "not_udp")
