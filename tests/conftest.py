@@ -13,6 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 REQUIRE_KERNEL = os.environ.get("NFGUARD_REQUIRE_KERNEL") == "1"
+TOPO_PREFIX = "nfgt"  # namespaces of the topo fixture: nfgt<pid>-<n>-<role>
 
 
 def kernel_unavailable() -> str | None:
@@ -61,3 +62,16 @@ def prog(program):
         program.remove_trusted(cidr)
     program.reset_counters()
     return program
+
+
+@pytest.fixture
+def topo(request):
+    """The lab's namespaces and veth pairs (nfguard.lab.topology), removed
+    after the test whatever happens."""
+    need_kernel()
+    from nfguard.lab.topology import Topology
+
+    t = Topology(TOPO_PREFIX)
+    request.addfinalizer(t.close)  # before up(): a half-built topology goes too
+    t.up()
+    return t

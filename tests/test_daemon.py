@@ -1,10 +1,11 @@
 """`nfguard run` in a network namespace, fed by the fake ESL server.
 
 The daemon runs as a subprocess under `nsenter --net` in the PBX namespace
-of the test_netns topology: its interfaces (pbx1, pbx2), nft table and
-127.0.0.1 are that namespace's, while /sys/fs/bpf is the host's, so pinned
-maps outlive a daemon restart as on a real host. The fake ESL server
-listens on a socket made inside the namespace.
+of the lab topology (nfguard.lab.topology, the `topo` fixture): its
+interfaces (pbx1, pbx2), nft table and 127.0.0.1 are that namespace's,
+while /sys/fs/bpf is the host's, so pinned maps outlive a daemon restart
+as on a real host. The fake ESL server listens on a socket made inside the
+namespace.
 """
 
 from __future__ import annotations
@@ -22,26 +23,27 @@ import time
 
 import pytest
 
-from conftest import ROOT, need_kernel
-from fake_esl import FakeEsl, Row, register_frame
-from nfguard.kernel import attach as A
 from nfguard.daemon import control
-from test_netns import ADDR, Topo, recv_until, sentinel, sh  # noqa: F401 (fixture helpers)
+from nfguard.kernel import attach as A
+from nfguard.lab.topology import ADDR, Topology, run
+
+from conftest import ROOT
+from fake_esl import FakeEsl, Row, register_frame
+from test_netns import recv_until, sentinel
 
 pytestmark = pytest.mark.netns
 
 USER, REALM = "1001", "pbx.example.com"
 PHONE, ATTACKER = ADDR["ipv4"]["phone"], ADDR["ipv4"]["attacker"]
-_seq = iter(range(1000))
 
 
 class EslThread:
     """The fake ESL server on its own event loop thread, listening inside
     the PBX namespace."""
 
-    def __init__(self, netns: str, table: list[Row]):
+    def __init__(self, topo: Topology, table: list[Row]):
         self.server = FakeEsl(table=table)
-        with A.in_netns(netns):
+        with topo.in_netns("pbx"):
             self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen()
@@ -64,16 +66,15 @@ class EslThread:
 
 
 class Env:
-    def __init__(self, topo: Topo, tmp_path):
-        n = next(_seq)
+    def __init__(self, topo: Topology, tmp_path):
         self.topo = topo
-        self.pin_dir = f"/sys/fs/bpf/nfgt{os.getpid()}-{n}"
-        self.run_dir = f"/run/nfgt{os.getpid()}-{n}"
+        self.pin_dir = f"/sys/fs/bpf/{topo.tag}"
+        self.run_dir = f"/run/{topo.tag}"
         self.sock = f"{self.run_dir}/nfguard.sock"
         self.config = str(tmp_path / "nfguard.yaml")
         self.proc: subprocess.Popen | None = None
         self.log = tmp_path / "daemon.log"
-        self.esl = EslThread(topo.pbx, [])
+        self.esl = EslThread(topo, [])
 
     def write_config(self, **over) -> None:
         cfg = {
@@ -88,16 +89,15 @@ class Env:
             json.dump(cfg, f)  # JSON is YAML
 
     def nfguard(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-        argv = ["nsenter", f"--net=/var/run/netns/{self.topo.pbx}", sys.executable, "-m",
-                "nfguard", *args]
+        argv = self.topo.nsenter("pbx") + [sys.executable, "-m", "nfguard", *args]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
         if check and r.returncode != 0:
             raise AssertionError(f"nfguard {' '.join(args)}: {r.stderr}")
         return r
 
     def start(self, **env: str) -> None:
-        argv = ["nsenter", f"--net=/var/run/netns/{self.topo.pbx}", sys.executable, "-m",
-                "nfguard", "run", "--config", self.config]
+        argv = self.topo.nsenter("pbx") + [sys.executable, "-m", "nfguard", "run",
+                                            "--config", self.config]
         self.logf = open(self.log, "a")
         self.proc = subprocess.Popen(argv, stdout=self.logf, stderr=self.logf, cwd=ROOT,
                                      env={**os.environ, **env})
@@ -119,7 +119,7 @@ class Env:
         return wait_status(self.sock, pred, timeout, what, self.proc, str(self.log))
 
     def nft_elements(self) -> dict[str, str]:
-        out = json.loads(sh("nft", "-j", "list", "set", "inet", "nfguard", "bindings_v4",
+        out = json.loads(run("nft", "-j", "list", "set", "inet", "nfguard", "bindings_v4",
                             ns=self.topo.pbx))
         elems = next(o["set"] for o in out["nftables"] if "set" in o).get("elem", [])
         res = {}
@@ -138,13 +138,9 @@ class Env:
 
 
 @pytest.fixture
-def env(request, tmp_path):
-    need_kernel()
-    topo = Topo()
-    request.addfinalizer(topo.close)
-    topo.setup()
+def env(request, topo, tmp_path):
     e = Env(topo, tmp_path)
-    request.addfinalizer(e.close)
+    request.addfinalizer(e.close)  # before topo's close: the daemon goes first
     return e
 
 
@@ -254,9 +250,9 @@ def test_restart_keeps_enforcing_and_converges(env):
 def test_drift_is_seen_when_the_nft_set_is_edited_by_hand(env):
     env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1")]
     started(env)
-    sh("nft", "add", "element", "inet", "nfguard", "bindings_v4", "{ 10.9.9.9 }",
+    run("nft", "add", "element", "inet", "nfguard", "bindings_v4", "{ 10.9.9.9 }",
        ns=env.topo.pbx)
-    sh("nft", "delete", "element", "inet", "nfguard", "bindings_v4", f"{{ {PHONE} }}",
+    run("nft", "delete", "element", "inet", "nfguard", "bindings_v4", f"{{ {PHONE} }}",
        ns=env.topo.pbx)
     st = env.status()
     assert st["drift"]["nft"]["extra"] == ["10.9.9.9"]
@@ -329,7 +325,7 @@ def test_bad_config_attaches_nothing(env):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "ports" in lines[0], r.stderr
     assert A.xdp_status("pbx1", netns=env.topo.pbx).prog_id == 0
-    assert "nfguard" not in sh("nft", "list", "tables", ns=env.topo.pbx)
+    assert "nfguard" not in run("nft", "list", "tables", ns=env.topo.pbx)
     assert not os.path.exists(env.pin_dir)
     env.write_config(interfaces=["pbx1", "nosuch0"])
     r = env.nfguard("run", "--config", env.config)
@@ -345,7 +341,7 @@ def test_uninstall_removes_everything(env):
     assert "deleted table inet nfguard" in r.stdout
     assert A.xdp_status("pbx1", netns=env.topo.pbx).prog_id == 0
     assert A.tc_status("pbx1", netns=env.topo.pbx) == []
-    assert "nfguard" not in sh("nft", "list", "tables", ns=env.topo.pbx)
+    assert "nfguard" not in run("nft", "list", "tables", ns=env.topo.pbx)
     assert not os.path.exists(env.pin_dir)
 
 
@@ -366,7 +362,7 @@ def test_systemd_notify_metrics_and_a_root_only_socket(env, tmp_path):
     env.until(synced, what="the first sync")
     mode = os.stat(env.sock).st_mode & 0o777
     assert mode == 0o600 and os.stat(env.run_dir).st_mode & 0o777 == 0o700
-    with A.in_netns(env.topo.pbx):
+    with env.topo.in_netns("pbx"):
         c = socket.create_connection(("127.0.0.1", 9477), timeout=5)
     with c:
         c.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")

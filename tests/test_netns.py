@@ -1,6 +1,7 @@
 """nfguard attached to real interfaces: veth pairs between network namespaces.
 
-Topology (one set of namespaces per test, unique names, always removed):
+Topology: nfguard.lab.topology (the `topo` fixture of conftest.py: one set
+of namespaces per test, unique names, always removed):
 
     phone ns  eth0 10.200.1.2 fd00:1::2 --- pbx1 10.200.1.1 fd00:1::1  pbx ns
     attacker  eth0 10.200.2.2 fd00:2::2 --- pbx2 10.200.2.1 fd00:2::1  (UDP 5060)
@@ -12,7 +13,6 @@ inside the phone and attacker namespaces; traffic never leaves them.
 from __future__ import annotations
 
 import errno
-import itertools
 import json
 import os
 import socket
@@ -22,34 +22,18 @@ import time
 
 import pytest
 
-from conftest import ROOT, need_kernel
-from nfguard.kernel import attach as A
 from nfguard.errors import AttachError
+from nfguard.kernel import attach as A
+from nfguard.lab.topology import ADDR, run
 from nfguard.packets import sip_request
+
+from conftest import ROOT, TOPO_PREFIX
 
 pytestmark = pytest.mark.netns
 
-PREFIX = f"nfgt{os.getpid()}-"
-_seq = itertools.count()
+PREFIX = f"{TOPO_PREFIX}{os.getpid()}-"  # the namespaces of the topo fixture
 USER, REALM = "1001", "pbx.example.com"
 MARK = 0x4E46BEEF  # not the default reject mark: proves the configured one is used
-
-ADDR = {
-    "ipv4": {"phone": "10.200.1.2", "attacker": "10.200.2.2",
-             "pbx1": "10.200.1.1", "pbx2": "10.200.2.1", "any": "0.0.0.0"},
-    "ipv6": {"phone": "fd00:1::2", "attacker": "fd00:2::2",
-             "pbx1": "fd00:1::1", "pbx2": "fd00:2::1", "any": "::"},
-}
-FAMILY = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
-
-
-def sh(*cmd: str, ns: str | None = None, input: str | None = None, check: bool = True) -> str:
-    argv = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
-    r = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=30)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
-    return r.stdout
-
 
 def our_namespaces() -> list[str]:
     try:
@@ -69,54 +53,6 @@ def host_xdp() -> dict[str, tuple]:
     return out
 
 
-class Topo:
-    """Three namespaces and two veth pairs; close() removes everything."""
-
-    def __init__(self):
-        n = next(_seq)
-        self.pbx = f"{PREFIX}{n}-pbx"
-        self.phone = f"{PREFIX}{n}-phone"
-        self.attacker = f"{PREFIX}{n}-att"
-        self.created: list[str] = []
-        self.socks: list[socket.socket] = []
-
-    def setup(self) -> None:
-        for ns in (self.pbx, self.phone, self.attacker):
-            sh("ip", "netns", "add", ns)
-            self.created.append(ns)
-        for i, peer in ((1, self.phone), (2, self.attacker)):
-            sh("ip", "-n", self.pbx, "link", "add", f"pbx{i}", "type", "veth",
-               "peer", "name", "eth0", "netns", peer)
-            sh("ip", "-n", self.pbx, "addr", "add", f"10.200.{i}.1/24", "dev", f"pbx{i}")
-            sh("ip", "-n", self.pbx, "addr", "add", f"fd00:{i}::1/64", "dev", f"pbx{i}", "nodad")
-            sh("ip", "-n", self.pbx, "link", "set", f"pbx{i}", "up")
-            sh("ip", "-n", peer, "addr", "add", f"10.200.{i}.2/24", "dev", "eth0")
-            sh("ip", "-n", peer, "addr", "add", f"fd00:{i}::2/64", "dev", "eth0", "nodad")
-            sh("ip", "-n", peer, "link", "set", "eth0", "up")
-        for ns in self.created:
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-
-    def udp(self, ns: str, family: str = "ipv4") -> socket.socket:
-        """A UDP socket that lives in namespace ns."""
-        with A.in_netns(ns):
-            s = socket.socket(FAMILY[family], socket.SOCK_DGRAM)
-        self.socks.append(s)
-        return s
-
-    def close(self) -> None:
-        # Sockets hold their namespace (and its veths) alive: close first.
-        for s in self.socks:
-            s.close()
-        errors = []
-        for ns in self.created:
-            try:
-                sh("ip", "netns", "del", ns)
-            except RuntimeError as e:
-                errors.append(str(e))
-        self.created = []
-        assert not errors, errors
-
-
 @pytest.fixture(scope="module", autouse=True)
 def nothing_left_behind():
     """After the module: none of our namespaces, no change to the host's XDP
@@ -125,20 +61,11 @@ def nothing_left_behind():
         yield
         return
     xdp_before = host_xdp()
-    nft_before = sh("nft", "list", "tables", check=False)
+    nft_before = run("nft", "list", "tables", check=False)
     yield
     assert our_namespaces() == []
     assert host_xdp() == xdp_before
-    assert sh("nft", "list", "tables", check=False) == nft_before
-
-
-@pytest.fixture
-def topo(request):
-    need_kernel()
-    t = Topo()
-    request.addfinalizer(t.close)  # before setup: a half-built topology goes too
-    t.setup()
-    return t
+    assert run("nft", "list", "tables", check=False) == nft_before
 
 
 def recv_until(sock: socket.socket, stop: bytes, timeout: float = 3.0) -> list[tuple[bytes, str]]:
@@ -153,7 +80,7 @@ def recv_until(sock: socket.socket, stop: bytes, timeout: float = 3.0) -> list[t
         sock.settimeout(left)
         try:
             data, addr = sock.recvfrom(65535)
-        except socket.timeout:
+        except TimeoutError:
             continue
         got.append((data, addr[0]))
         if data == stop:
@@ -168,12 +95,12 @@ def sentinel(tag: str) -> bytes:
 
 
 def nft_counter(ns: str, name: str) -> int:
-    out = json.loads(sh("nft", "-j", "list", "counter", "inet", "nfgtest", name, ns=ns))
+    out = json.loads(run("nft", "-j", "list", "counter", "inet", "nfgtest", name, ns=ns))
     return next(o["counter"]["packets"] for o in out["nftables"] if "counter" in o)
 
 
 def tc_show(ns: str, *what: str) -> str:
-    return sh("tc", *what, ns=ns).strip()
+    return run("tc", *what, ns=ns).strip()
 
 
 # -- (a) enforce/drop ------------------------------------------------------
@@ -232,7 +159,7 @@ def test_reject_mode_mark_reaches_netfilter(topo, prog, xdp_mode):
         assert [(p, n) for p, _, n in A.tc_status(ifname, netns=topo.pbx)] == [
             (A.TC_PRIO, "nfguard_tc")
         ]
-    sh("nft", "-f", "-", ns=topo.pbx, input=NFT_RULES)
+    run("nft", "-f", "-", ns=topo.pbx, input=NFT_RULES)
     assert nft_counter(topo.pbx, "rejected") == 0
 
     pbx = topo.udp(topo.pbx)
@@ -274,7 +201,7 @@ def _bcc_xdp(request, name: str):
 
 def test_foreign_xdp_program_is_not_replaced(request, topo, prog):
     BPF, foreign = _bcc_xdp(request, "foreign_xdp")
-    with A.in_netns(topo.pbx):  # "another tool", attaching with bcc's own netlink code
+    with topo.in_netns("pbx"):  # "another tool", attaching with bcc's own netlink code
         BPF.attach_xdp(b"pbx1", foreign, BPF.XDP_FLAGS_SKB_MODE)
     before = A.xdp_status("pbx1", netns=topo.pbx)
     assert (before.mode, before.prog_name) == ("generic", "foreign_xdp")
@@ -285,7 +212,8 @@ def test_foreign_xdp_program_is_not_replaced(request, topo, prog):
         A.attach("pbx1", prog.xdp_fn.fd, prog.tc_fn.fd, netns=topo.pbx)
     with pytest.raises(AttachError, match="not nfguard's"):
         A.detach_xdp("pbx1", netns=topo.pbx)
-    assert A.detach("pbx1", netns=topo.pbx) == (False, False, f"foreign_xdp (id {before.prog_id}, generic mode)")
+    assert A.detach("pbx1", netns=topo.pbx) == (
+        False, False, f"foreign_xdp (id {before.prog_id}, generic mode)")
     # untouched, and nothing half-attached
     assert A.xdp_status("pbx1", netns=topo.pbx) == before
     assert A.tc_status("pbx1", netns=topo.pbx) == []
@@ -363,9 +291,9 @@ def test_detach_leaves_nothing(topo, prog):
 
 def test_detach_keeps_other_tc_filters(topo, prog):
     # another tool's filters on both clsact hooks (u32: always built in)
-    sh("tc", "qdisc", "add", "dev", "pbx1", "clsact", ns=topo.pbx)
+    run("tc", "qdisc", "add", "dev", "pbx1", "clsact", ns=topo.pbx)
     for hook, pref in (("egress", "100"), ("ingress", "200")):
-        sh("tc", "filter", "add", "dev", "pbx1", hook, "pref", pref, "u32",
+        run("tc", "filter", "add", "dev", "pbx1", hook, "pref", pref, "u32",
            "match", "u32", "0", "0", "classid", "1:1", ns=topo.pbx)
     A.attach("pbx1", prog.xdp_fn.fd, prog.tc_fn.fd, netns=topo.pbx)
     assert "nfguard_tc" in tc_show(topo.pbx, "filter", "show", "dev", "pbx1", "ingress")
@@ -377,8 +305,8 @@ def test_detach_keeps_other_tc_filters(topo, prog):
 
 
 def test_foreign_tc_filter_at_our_pref(topo, prog):
-    sh("tc", "qdisc", "add", "dev", "pbx1", "clsact", ns=topo.pbx)
-    sh("tc", "filter", "add", "dev", "pbx1", "ingress", "pref", str(A.TC_PRIO), "u32",
+    run("tc", "qdisc", "add", "dev", "pbx1", "clsact", ns=topo.pbx)
+    run("tc", "filter", "add", "dev", "pbx1", "ingress", "pref", str(A.TC_PRIO), "u32",
        "match", "u32", "0", "0", "classid", "1:1", ns=topo.pbx)
     with pytest.raises(AttachError, match=f"TC ingress filter at pref {A.TC_PRIO}.*--replace"):
         A.attach("pbx1", prog.xdp_fn.fd, prog.tc_fn.fd, netns=topo.pbx)
@@ -404,7 +332,7 @@ def test_failed_xdp_rolls_back_tc(topo, prog):
 
 
 def test_failed_tc_attaches_nothing(topo, prog):
-    sh("tc", "qdisc", "add", "dev", "pbx1", "ingress", ns=topo.pbx)
+    run("tc", "qdisc", "add", "dev", "pbx1", "ingress", ns=topo.pbx)
     with pytest.raises(AttachError, match="'ingress' qdisc"):
         A.attach("pbx1", prog.xdp_fn.fd, prog.tc_fn.fd, netns=topo.pbx)
     assert A.xdp_status("pbx1", netns=topo.pbx) == (None, 0, None)
@@ -428,14 +356,14 @@ def test_unknown_interface(topo, prog):
 def test_permission_denied_is_one_clear_error(topo):
     code = (
         f"import sys; sys.path.insert(0, {ROOT!r})\n"
-        "from nfguard import attach\n"
+        "from nfguard.kernel import attach\n"
         "from nfguard.errors import AttachError\n"
         "try:\n"
         "    attach.attach_xdp('pbx1', 0, mode='generic')\n"
         "except AttachError as e:\n"
         "    print(e)\n"
     )
-    out = sh("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+    out = run("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
              sys.executable, "-c", code, ns=topo.pbx)
     assert out.startswith("permission denied attaching XDP to pbx1: run nfguard as root")
 
@@ -457,7 +385,7 @@ def test_cli_unknown_interface(command):
 
 
 def test_cli_attach_detach(request, topo):
-    pin_dir = f"/sys/fs/bpf/{PREFIX}{next(_seq)}"
+    pin_dir = f"/sys/fs/bpf/{topo.tag}"
 
     def remove_pins():
         if os.path.isdir(pin_dir):

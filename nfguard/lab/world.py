@@ -12,7 +12,8 @@ daemon is the real `nfguard run`, a subprocess under `nsenter --net` (so
 its interfaces, nft table and 127.0.0.1 are the namespace's, while the
 pinned maps live on the host's bpffs, as on a real host). SIPp runs in the
 phone and attacker namespaces. Nothing touches the host's interfaces or
-ruleset; down() removes everything, also after a failure.
+ruleset; down() removes everything, also after a failure. The namespaces
+and veth pairs are nfguard.lab.topology's, as in the netns tests.
 """
 
 from __future__ import annotations
@@ -31,21 +32,16 @@ import time
 from importlib import resources
 
 from nfguard.daemon import control
-from nfguard.kernel.attach import in_netns
 from nfguard.errors import NfguardError
+from nfguard.lab import topology
 from nfguard.lab.fakeesl import FakeEsl, Row, register_frame
 from nfguard.lab.pbx import REALM, StandInPbx, serve
+from nfguard.lab.topology import Topology
 
-ADDR = {"phone": "10.200.1.2", "phone_moved": "10.200.1.3", "attacker": "10.200.2.2",
-        "pbx1": "10.200.1.1", "pbx2": "10.200.2.1"}
+_V4 = topology.ADDR["ipv4"]
+ADDR = {"phone": _V4["phone"], "phone_moved": "10.200.1.3", "attacker": _V4["attacker"],
+        "pbx1": _V4["pbx1"], "pbx2": _V4["pbx2"]}
 USER, PASSWORD = "1001", "s3cret-1001"
-
-
-def sh(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise NfguardError(f"{' '.join(argv)} failed: {r.stderr.strip() or r.returncode}")
-    return r
 
 
 def wait_status(sock_path: str, pred, timeout: float, what: str,
@@ -75,8 +71,8 @@ def scenario(name: str) -> str:
 
 class Lab:
     def __init__(self, prefix: str = "nfglab", users: dict[str, str] | None = None):
-        tag = f"{prefix}{os.getpid()}"
-        self.ns = {"pbx": f"{tag}-pbx", "phone": f"{tag}-phone", "attacker": f"{tag}-att"}
+        self.topo = Topology(prefix, ipv6=False)
+        tag = self.topo.tag
         self.users = users or {USER: PASSWORD}
         self.pin_dir = f"/sys/fs/bpf/{tag}"
         self.run_dir = f"/run/{tag}"
@@ -84,32 +80,18 @@ class Lab:
         self.tmp = tempfile.mkdtemp(prefix=f"{tag}-")
         self.config_path = os.path.join(self.tmp, "nfguard.yaml")
         self.log_path = os.path.join(self.tmp, "daemon.log")
-        self.created: list[str] = []
         self.proc: subprocess.Popen | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.registered_at: dict[tuple[str, str], float] = {}
 
     # -- the world ---------------------------------------------------------
     def up(self) -> None:
-        for ns in self.ns.values():
-            sh("ip", "netns", "add", ns)
-            self.created.append(ns)
-        pbx = self.ns["pbx"]
-        for i, peer in ((1, self.ns["phone"]), (2, self.ns["attacker"])):
-            sh("ip", "-n", pbx, "link", "add", f"pbx{i}", "type", "veth", "peer", "name",
-               "eth0", "netns", peer)
-            sh("ip", "-n", pbx, "addr", "add", f"10.200.{i}.1/24", "dev", f"pbx{i}")
-            sh("ip", "-n", pbx, "link", "set", f"pbx{i}", "up")
-            sh("ip", "-n", peer, "addr", "add", f"10.200.{i}.2/24", "dev", "eth0")
-            sh("ip", "-n", peer, "link", "set", "eth0", "up")
-        sh("ip", "-n", self.ns["phone"], "addr", "add", f"{ADDR['phone_moved']}/24", "dev",
-           "eth0")
-        for ns in self.ns.values():
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        self.topo.up()
+        self.topo.add_address("phone", "eth0", f"{ADDR['phone_moved']}/24")
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        with in_netns(pbx):
+        with self.topo.in_netns("pbx"):
             esl_sock = socket.socket()
             sip_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         esl_sock.bind(("127.0.0.1", 0))
@@ -152,8 +134,7 @@ class Lab:
             json.dump(cfg, f, indent=1)  # JSON is YAML
 
     def nfguard_argv(self, *args: str) -> list[str]:
-        return ["nsenter", f"--net=/var/run/netns/{self.ns['pbx']}", sys.executable, "-m",
-                "nfguard", *args]
+        return self.topo.nsenter("pbx") + [sys.executable, "-m", "nfguard", *args]
 
     def start_daemon(self, wait: float = 30) -> dict:
         self.log = open(self.log_path, "a")
@@ -186,11 +167,11 @@ class Lab:
         ip = ip or ADDR[who]
         dst = ADDR["pbx1"] if who == "phone" else ADDR["pbx2"]
         keys = {"realm": REALM, "expires": "300", "callee": "9196", **keys}
-        argv = ["nsenter", f"--net=/var/run/netns/{self.ns[who]}", "sipp", f"{dst}:5060",
-                "-sf", scenario(name), "-m", "1", "-i", ip, "-p", "0", "-s", user,
-                "-au", user, "-ap", password or self.users.get(user, "x"),
-                "-timeout", f"{timeout:g}s", "-timeout_error", "-recv_timeout", "2000",
-                "-nostdin", "-trace_err", "-error_file", os.path.join(self.tmp, "sipp.err")]
+        argv = self.topo.nsenter(who) + [
+            "sipp", f"{dst}:5060", "-sf", scenario(name), "-m", "1", "-i", ip, "-p", "0",
+            "-s", user, "-au", user, "-ap", password or self.users.get(user, "x"),
+            "-timeout", f"{timeout:g}s", "-timeout_error", "-recv_timeout", "2000",
+            "-nostdin", "-trace_err", "-error_file", os.path.join(self.tmp, "sipp.err")]
         for k, v in keys.items():
             argv += ["-key", k, str(v)]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 20,
@@ -198,8 +179,7 @@ class Lab:
         return r.returncode
 
     def udp(self, who: str) -> socket.socket:
-        with in_netns(self.ns[who]):
-            return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        return self.topo.udp(who)
 
     # -- teardown --------------------------------------------------------------
     def down(self) -> None:
@@ -217,11 +197,10 @@ class Lab:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
             self.loop = None
-        for ns in self.created:
-            r = sh("ip", "netns", "del", ns, check=False)
-            if r.returncode:
-                errors.append(r.stderr.strip())
-        self.created = []
+        try:
+            self.topo.close()
+        except NfguardError as e:
+            errors.append(str(e))
         shutil.rmtree(self.pin_dir, ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
