@@ -22,9 +22,10 @@ import time
 
 import pytest
 
-from cases import ANY, CASES, OTHER, OTHER6, SRC, U, R, Case, f_inv, frame, msg, pa
-from conftest import need_kernel
 from nfguard import consts
+
+from cases import ANY, CASES, OTHER, OTHER6, SRC, Case, R, U, f_inv, frame, msg, pa
+from conftest import need_kernel
 
 pytestmark = pytest.mark.kernel
 

@@ -13,10 +13,11 @@ import time
 
 import pytest
 
-from conftest import need_kernel
+from nfguard.lab.pbx import REALM
 from nfguard.lab.world import ADDR, USER, Lab
 from nfguard.packets import sip_request
-from nfguard.lab.pbx import REALM
+
+from conftest import need_kernel
 
 pytestmark = pytest.mark.netns
 

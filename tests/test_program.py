@@ -9,10 +9,11 @@ import sys
 
 import pytest
 
-from conftest import ROOT, need_kernel
 from nfguard import consts
 from nfguard import packets as P
 from nfguard.kernel.program import Program, addr_bytes, addr_str, cred_hash
+
+from conftest import ROOT, need_kernel
 
 INVITE = P.sip_request(user="1001", realm="pbx.example.com")
 
