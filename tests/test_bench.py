@@ -85,7 +85,7 @@ def test_bench_sync_json():
 
 
 def test_worst_case_frame():
-    frame = bench.worst_case_invite()
+    frame = xdp.worst_case_invite()
     assert len(frame) == 1400
     sip = frame[42:].decode()
     head, sep, body = sip.partition("\r\n\r\n")
@@ -99,7 +99,7 @@ def test_worst_case_frame():
 
 
 def test_cases_are_distinct_and_named():
-    cases = bench.xdp_cases()
+    cases = xdp.xdp_cases()
     assert [c.name for c in cases] == CASES
     assert len({c.frame for c in cases}) == len(cases)
     assert all(len(c.frame) >= len(packets.udp_frame(b"")) for c in cases)
@@ -128,4 +128,4 @@ def test_a_case_with_the_wrong_reason_fails_loudly(program):
     program.clear_bindings()
 
     with pytest.raises(NfguardError, match="invite_bound: the program says not_bound"):
-        bench.check_cases(program, bench.xdp_cases())
+        xdp.check_cases(program, xdp.xdp_cases())

@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     check = Checklist()
     print("nfguard selftest")
     caps = effective_caps()
-    root = bool(caps >> kernel.CAP_NET_ADMIN & 1) and can_load_bpf(caps)
+    root = bool(caps >> host.CAP_NET_ADMIN & 1) and can_load_bpf(caps)
     check.item("ok" if root else "FAIL", "privileges: CAP_NET_ADMIN and CAP_BPF"
                if root else "privileges: not root", "" if root else "run it as root (sudo)")
     ver = _kernel_version()
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     check.item("ok" if btf else "warn", "BTF (/sys/kernel/btf/vmlinux)" if btf else
                "no BTF: nfguard does not need it, bpftool's map dumps are plainer")
     try:
-        kernel.ensure_bpffs("/sys/fs/bpf")
+        host.ensure_bpffs("/sys/fs/bpf")
         check.item("ok", "BPF filesystem on /sys/fs/bpf")
     except NfguardError as e:
         check.item("FAIL", f"BPF filesystem: {e}", "mount -t bpf bpf /sys/fs/bpf")
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     except (ImportError, NfguardError) as e:
         check.item("FAIL", f"nftables: {e}", "apt install nftables python3-nftables")
     try:
-        headers = kernel.require_headers()
+        headers = host.require_headers()
         check.item("ok", f"kernel headers: {headers}")
     except NfguardError as e:
         check.item("FAIL", f"kernel headers: {e}",
