@@ -17,7 +17,7 @@ import time
 from typing import Iterable
 
 from nfguard import consts
-from nfguard.kernel.program import Verdict  # a dataclass; importing it does not load bcc
+from nfguard.verdict import Verdict
 
 XDP_DROP, XDP_PASS = 1, 2
 

@@ -12,8 +12,8 @@ import argparse
 import os
 
 from nfguard.errors import AttachError
-from nfguard.kernel.host import BPFFS, CAP_NET_ADMIN, can_load_bpf, effective_caps, fstype_of
-from nfguard.kernel.program import DEFAULT_PIN_DIR
+from nfguard.kernel.host import BPFFS, check_privileges, fstype_of
+from nfguard.defaults import PIN_DIR
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,19 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replace", action="store_true",
                         help="replace another tool's XDP program or TC filter "
                         "(nfguard's own are always replaced, atomically)")
-    parser.add_argument("--pin-dir", default=DEFAULT_PIN_DIR, metavar="DIR",
-                        help=f"bpffs directory of the pinned maps (default: {DEFAULT_PIN_DIR})")
+    parser.add_argument("--pin-dir", default=PIN_DIR, metavar="DIR",
+                        help=f"bpffs directory of the pinned maps (default: {PIN_DIR})")
     parser.add_argument("--netns", metavar="NAME",
                         help="network namespace (under /var/run/netns) of the interface")
-
-
-def check_privileges(command: str = "nfguard attach") -> None:
-    caps = effective_caps()
-    if not (caps >> CAP_NET_ADMIN & 1 and can_load_bpf(caps)):
-        raise AttachError(
-            f"{command} needs root (CAP_NET_ADMIN, and CAP_BPF or CAP_SYS_ADMIN): "
-            "run it with sudo or from the systemd unit"
-        )
 
 
 def _check_pin_dir(pin_dir: str) -> None:

@@ -8,7 +8,6 @@ events stay untouched, and the answer is the kernel's own."""
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 
 from nfguard import packets
@@ -43,22 +42,8 @@ def check_with(checker, user: str, realm: str, ip: str, live) -> dict:
         check_credential(user, realm)
     except ValueError as e:
         raise NfguardError(str(e)) from None
-    # the live config, its hash seed included, so binding keys match
-    zero = ctypes.c_uint32(0)
-    checker._config[zero] = live._config[zero]
-    checker._seed = live._seed
+    checker.mirror(live, user, realm, str(addr))
     ports = live.ports()
-    checker.set_ports(ports or [5060])
-    for cidr in checker.trusted():
-        checker.remove_trusted(cidr)
-    for cidr in live.trusted():
-        checker.add_trusted(cidr)
-    checker.clear_bindings()
-    key, _, _ = live._binding_key(user, realm, str(addr))
-    val = live._bindings.get(key)
-    if val is not None:
-        checker._bindings[key] = val
-    checker.reset_counters()
     dst = "192.0.2.1" if addr.version == 4 else "2001:db8::1"
     frame = packets.udp_frame(packets.sip_request("INVITE", user, realm), src=str(addr),
                               dst=dst, dport=(ports or [5060])[0])

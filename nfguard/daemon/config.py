@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import yaml
 
-from nfguard import consts, policy
+from nfguard import consts, defaults, policy
 from nfguard.daemon.esl import Endpoint
 from nfguard.errors import NfguardError
 from nfguard.policy import show as _show
 from nfguard.policy import suggest as _suggest
 
-DEFAULT_PATH = "/etc/nfguard/nfguard.yaml"
+DEFAULT_PATH = defaults.CONFIG_PATH
 
 XDP_MODES = ("auto", "native", "generic")
 MODES = policy.MODES
@@ -69,8 +69,8 @@ class Config:
     reject_mark: int = consts.DEFAULT_REJECT_MARK
     metrics_listen: str | None = None
     on_stop: str = "keep"
-    pin_dir: str = "/sys/fs/bpf/nfguard"
-    socket: str = "/run/nfguard/nfguard.sock"
+    pin_dir: str = defaults.PIN_DIR
+    socket: str = defaults.SOCKET
 
 
 TOP_KEYS = ("interfaces", "esl", "ports", "methods", "mode", "action", "trusted", "fragments",

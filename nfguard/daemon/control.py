@@ -15,11 +15,12 @@ import os
 import socket
 from typing import Awaitable, Callable
 
+from nfguard import defaults
 from nfguard.errors import NfguardError
 
 log = logging.getLogger("nfguard.control")
 
-DEFAULT_SOCKET = "/run/nfguard/nfguard.sock"
+DEFAULT_SOCKET = defaults.SOCKET
 MAX_REQUEST = 64 << 10
 
 

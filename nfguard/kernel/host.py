@@ -5,7 +5,7 @@ import os
 import platform
 import sys
 
-from nfguard.errors import HeadersMissing, NfguardError
+from nfguard.errors import AttachError, HeadersMissing, NfguardError
 
 BPFFS = "/sys/fs/bpf"
 
@@ -91,6 +91,15 @@ def effective_caps() -> int:
 def can_load_bpf(caps: int | None = None) -> bool:
     caps = effective_caps() if caps is None else caps
     return bool(caps >> CAP_BPF & 1 or caps >> CAP_SYS_ADMIN & 1)
+
+
+def check_privileges(command: str = "nfguard attach") -> None:
+    caps = effective_caps()
+    if not (caps >> CAP_NET_ADMIN & 1 and can_load_bpf(caps)):
+        raise AttachError(
+            f"{command} needs root (CAP_NET_ADMIN, and CAP_BPF or CAP_SYS_ADMIN): "
+            "run it with sudo or from the systemd unit"
+        )
 
 
 def require_bpf_runtime(what: str) -> None:

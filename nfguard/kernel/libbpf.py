@@ -53,7 +53,14 @@ class ProgInfo(ctypes.Structure):
 class MapInfo(ctypes.Structure):
     """The head of struct bpf_map_info."""
 
-    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32)]
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+    ]
 
 
 _libbpf = None
@@ -85,6 +92,8 @@ def lib():
         so.bpf_prog_get_next_id.restype = ctypes.c_int
         so.bpf_obj_get.argtypes = [ctypes.c_char_p]
         so.bpf_obj_get.restype = ctypes.c_int
+        so.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+        so.bpf_map_lookup_elem.restype = ctypes.c_int
         _libbpf = so
     return _libbpf
 
@@ -155,5 +164,32 @@ def pinned_map_id(path: str) -> int | None:
     try:
         info = MapInfo()
         return info.id if _info(fd, info) else None
+    finally:
+        os.close(fd)
+
+
+def pinned_map_info(path: str) -> MapInfo | None:
+    """Type, sizes and id of the map pinned at path, or None."""
+    fd = lib().bpf_obj_get(path.encode())
+    if fd < 0:
+        return None
+    try:
+        info = MapInfo()
+        return info if _info(fd, info) else None
+    finally:
+        os.close(fd)
+
+
+def pinned_map_lookup(path: str, key: bytes, value_size: int) -> bytes | None:
+    """The value under key in the map pinned at path, or None."""
+    fd = lib().bpf_obj_get(path.encode())
+    if fd < 0:
+        return None
+    try:
+        k = ctypes.create_string_buffer(key, len(key))
+        v = ctypes.create_string_buffer(value_size)
+        if lib().bpf_map_lookup_elem(fd, k, v) != 0:
+            return None
+        return v.raw
     finally:
         os.close(fd)

@@ -22,9 +22,10 @@ from typing import Callable, Iterable
 from nfguard import consts, policy
 from nfguard.errors import CompileError, NfguardError
 from nfguard.kernel.host import ensure_bpffs, require_bpf_runtime
+from nfguard.kernel import pins
+from nfguard.verdict import Verdict
 from nfguard.kernel.libbpf import map_ids_of_programs, obj_pin, pinned_map_id, prog_test_run
 
-DEFAULT_PIN_DIR = "/sys/fs/bpf/nfguard"
 NO_EXPIRY = (1 << 64) - 1
 XDP_DROP, XDP_PASS = 1, 2
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
@@ -130,20 +131,6 @@ def check_credential(user: str, realm: str) -> tuple[bytes, bytes]:
 
 
 @dataclass(frozen=True)
-class Verdict:
-    action: str  # pass, drop or mark (what happened to the packet)
-    reason: str  # a stable snake_case word from consts.REASONS
-    would: str  # what enforce mode does (equals action outside monitor)
-    user: str | None
-    realm: str | None
-    retval: int  # the XDP return code
-
-    @property
-    def is_verdict(self) -> bool:
-        return consts.is_verdict(self.reason)
-
-
-@dataclass(frozen=True)
 class Binding:
     user: str
     realm: str
@@ -168,12 +155,18 @@ class Program:
     """One load of the nfguard BPF programs and their maps."""
 
     def __init__(self, pin_dir: str | None = None, cflags: Iterable[str] = (),
-                 count_all: bool | None = None):
+                 count_all: bool | None = None, other_layout: str = "refuse"):
         """pin_dir: pin the state maps there (the daemon); None: private maps.
         count_all: also count traffic that is not UDP to a guarded port
         (not_ip, not_udp, port_not_guarded), which the attached program
         skips to keep the path of all other traffic short; test_run() needs
-        it to name those reasons. Default: on without a pin_dir."""
+        it to name those reasons. Default: on without a pin_dir.
+        other_layout: what to do with pins of a build with another map
+        layout: "refuse" (PinLayoutError, naming the fix) or "retire" (move
+        them aside and start on fresh maps: the daemon; see pins.py).
+
+        After the load, `fresh` says whether the state maps are new, and
+        `migrating` whether retired pins wait for the daemon's first sync."""
         require_bpf_runtime("nfguard")
         try:
             from bcc import BPF  # imported here: a clear error beats an ImportError
@@ -189,8 +182,17 @@ class Program:
         self.count_all = pin_dir is None if count_all is None else count_all
         if self.count_all:
             flags.append("-DNFG_COUNT_ALL")
+        self.layout_version, _ = pins.expected(flags)
+        self.fresh, self.migrating = True, False
         if pin_dir:
             ensure_bpffs(pin_dir)
+            diffs = pins.differences(pin_dir, flags)
+            if diffs:
+                if other_layout != "retire":
+                    raise pins.refuse(pin_dir, diffs)
+                pins.retire(pin_dir)
+            self.fresh = bool(diffs) or diffs is None
+            self.migrating = pins.retired(pin_dir)
             flags.append(f'-DNFG_PIN_DIR="{pin_dir}"')
         src = os.path.join(bpf_source_dir(), "nfguard.c")
         try:
@@ -232,6 +234,7 @@ class Program:
             # until the controller says otherwise, and a fresh secret seed
             # for the credential hash.
             cfg.cred_seed = secrets.randbits(64)
+            cfg.layout = self.layout_version
             self._config[ctypes.c_uint32(0)] = cfg
             self.configure()
             if not self.ports():
@@ -412,6 +415,27 @@ class Program:
 
     def clear_bindings(self) -> None:
         self._bindings.clear()
+
+    def mirror(self, live: Program, user: str, realm: str, ip: str) -> None:
+        """Make this (private) load judge as `live` does for user@realm at
+        ip: live's config (its hash seed included, so binding keys match),
+        ports and trusted networks, and live's binding of user@realm at ip
+        if it has one; counters zero. `nfguard check` runs its INVITE here,
+        so the live program's counters and events never move."""
+        zero = ctypes.c_uint32(0)
+        self._config[zero] = live._config[zero]
+        self._seed = live._seed
+        self.set_ports(live.ports() or [5060])
+        for cidr in self.trusted():
+            self.remove_trusted(cidr)
+        for cidr in live.trusted():
+            self.add_trusted(cidr)
+        self.clear_bindings()
+        key, _, _ = live._binding_key(user, realm, ip)
+        val = live._bindings.get(key)
+        if val is not None:
+            self._bindings[key] = val
+        self.reset_counters()
 
     # -- counters and events ---------------------------------------------
     def counters(self) -> dict[str, int]:
