@@ -48,6 +48,7 @@ def _frame_bytes(i: int) -> bytes:
 
 def bench_sync(repeat: int, rounds: int, loads: int = 1) -> dict:
     from nfguard.daemon.config import parse_config
+    from nfguard.daemon.backend import KernelBackend
     from nfguard.daemon.core import Daemon
     from nfguard.kernel.host import require_bpf_runtime
     from nfguard.daemon.nftstate import NftState
@@ -55,45 +56,44 @@ def bench_sync(repeat: int, rounds: int, loads: int = 1) -> dict:
 
     require_bpf_runtime("bench sync")
     _own_netns()
-    return asyncio.run(_measure(Daemon, parse_config, NftState, Program))
+    return asyncio.run(_measure(Daemon, KernelBackend, parse_config, NftState, Program))
 
 
-async def _measure(Daemon, parse_config, NftState, Program) -> dict:
+async def _measure(Daemon, KernelBackend, parse_config, NftState, Program) -> dict:
     esl = FakeEsl()  # an empty registration table, then the stream of events
     port = await esl.start()
     cfg = parse_config({"interfaces": ["lo"], "mode": "enforce", "expiry_grace": 30,
                         "esl": [{"name": "fs1", "port": port, "password": "ClueCon"}]},
                        "bench")
-    daemon = Daemon(cfg)
-    daemon.prog = Program(count_all=False)
-    daemon.nft = NftState(cfg.reject_mark)
-    daemon.nft.install(())
-    daemon._wake = asyncio.Event()
+    prog = Program(count_all=False)
+    nft = NftState(cfg.reject_mark)
+    nft.install(())
+    daemon = Daemon(cfg, backend=KernelBackend(prog, nft))
     try:
         # -- sync: 100,000 through registry, map and nft ----------------------
         now = time.time()
         regs = registrations(BINDINGS, now)
         t = time.perf_counter()
         diff = daemon.registry.resync("fs1", regs, now)
-        daemon._apply(diff)
+        daemon.apply(diff)
         sync_s = time.perf_counter() - t
-        held = {b.ip for b in daemon.prog.bindings()}
-        listed = daemon.nft.read()["bindings"]
+        held = {b.ip for b in prog.bindings()}
+        listed = nft.read()["bindings"]
         if len(held) != BINDINGS or len(listed) != BINDINGS:
             raise NfguardError(f"sync incomplete: map {len(held)}, nft {len(listed)}")
 
         # -- latency: events at 1,000/s over the socket -------------------------
         done: dict[str, float] = {}
-        apply = daemon._apply
+        apply = daemon.apply
 
         def timed_apply(d):
             apply(d)
             t_done = time.perf_counter()
             for b in d.added:
                 done.setdefault(b.user, t_done)
-        daemon._apply = timed_apply
-        daemon._start_runner(cfg.esl[0])
-        flusher = asyncio.get_running_loop().create_task(daemon._flusher())
+        daemon.apply = timed_apply
+        daemon.follow(cfg.esl[0])
+        flusher = asyncio.get_running_loop().create_task(daemon.flush_forever())
         await esl.wait_subscribed(timeout=10)
         await esl.wait_commands("api sofia xmlstatus profile", timeout=10)
         await asyncio.sleep(0.2)  # the runner is past its (empty) resync
@@ -116,10 +116,10 @@ async def _measure(Daemon, parse_config, NftState, Program) -> dict:
             raise NfguardError(f"only {len(lat)} of {EVENTS} registrations took effect")
         flusher.cancel()
         for name in list(daemon.runners):
-            await daemon._stop_runner(name)
+            await daemon.unfollow(name)
     finally:
-        daemon.nft.uninstall()
-        daemon.prog.close()
+        nft.uninstall()
+        prog.close()
         await esl.stop()
     return {
         "bindings": BINDINGS,

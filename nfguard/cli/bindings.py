@@ -7,11 +7,11 @@ import json
 import time
 
 from nfguard.daemon import control
-from nfguard.cli.status import add_arguments as _status_args, socket_path
+from nfguard.cli.common import add_arguments as _common_args, socket_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _status_args(parser)
+    _common_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
         rows = control.request(socket_path(args.config), "bindings")["bindings"]
         source = "registry"
     except control.DaemonUnavailable:
-        from nfguard.cli.status import pinned_program
+        from nfguard.cli.common import pinned_program
         from nfguard.daemon.config import load_config
         from nfguard.kernel.program import boottime_ns
 

@@ -8,13 +8,13 @@ import json
 
 from nfguard.daemon import control
 from nfguard.daemon.check import check_with, parse_credential
-from nfguard.cli.status import add_arguments as _status_args, socket_path
+from nfguard.cli.common import add_arguments as _common_args, socket_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("credential", metavar="USER@REALM")
     parser.add_argument("ip", metavar="IP")
-    _status_args(parser)
+    _common_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
         res = control.request(socket_path(args.config), "check", user=user, realm=realm,
                               ip=args.ip, timeout=30)
     except control.DaemonUnavailable:
-        from nfguard.cli.status import pinned_program
+        from nfguard.cli.common import pinned_program
         from nfguard.daemon.config import load_config
         from nfguard.kernel.program import Program
 

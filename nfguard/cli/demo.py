@@ -30,7 +30,7 @@ def _say(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nfguard.cli.attach import check_privileges
+    from nfguard.kernel.host import check_privileges
 
     check_privileges("nfguard demo")
     if shutil.which("sipp") is None:

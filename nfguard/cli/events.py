@@ -8,11 +8,11 @@ import json
 import time
 
 from nfguard.daemon import control
-from nfguard.cli.status import add_arguments as _status_args, socket_path
+from nfguard.cli.common import add_arguments as _common_args, socket_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _status_args(parser)
+    _common_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""`nfguard run`: the daemon (see nfguard/daemon.py); systemd Type=notify."""
+"""`nfguard run`: the daemon (see nfguard/daemon/core.py); systemd Type=notify."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import asyncio
 import logging
 import sys
 
-from nfguard.daemon.config import DEFAULT_PATH, load_config
+from nfguard.cli.common import add_config_argument
+from nfguard.daemon.config import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", default=DEFAULT_PATH, metavar="FILE",
-                        help=f"config file (default: {DEFAULT_PATH})")
+    add_config_argument(parser)
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 

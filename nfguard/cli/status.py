@@ -8,35 +8,13 @@ import argparse
 import json
 import time
 
+from nfguard.cli import common
 from nfguard.daemon import control
-from nfguard.daemon.config import DEFAULT_PATH, ConfigError, load_config
+from nfguard.daemon.config import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", default=DEFAULT_PATH, metavar="FILE",
-                        help=f"config file (default: {DEFAULT_PATH})")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def socket_path(config_path: str) -> str:
-    try:
-        return load_config(config_path).socket
-    except ConfigError:
-        return control.DEFAULT_SOCKET
-
-
-def pinned_program(cfg):
-    """The program loaded on the pinned maps, to read them while the daemon
-    is down; an error when there are none (loading would create them)."""
-    import os
-
-    from nfguard.errors import NfguardError
-    from nfguard.kernel.program import Program
-
-    if not os.path.exists(os.path.join(cfg.pin_dir, "config")):
-        raise NfguardError(f"the daemon is not running and there are no pinned maps in "
-                           f"{cfg.pin_dir}: nfguard has not run on this host yet")
-    return Program(pin_dir=cfg.pin_dir)
+    common.add_arguments(parser)
 
 
 def offline_status(config_path: str, why: str) -> dict:
@@ -45,7 +23,7 @@ def offline_status(config_path: str, why: str) -> dict:
     from nfguard.daemon.status import kernel_status
 
     cfg = load_config(config_path)
-    prog = pinned_program(cfg)
+    prog = common.pinned_program(cfg)
     try:
         st = kernel_status(prog, NftState(cfg.reject_mark), cfg)
     finally:
@@ -55,7 +33,7 @@ def offline_status(config_path: str, why: str) -> dict:
 
 def gather(config_path: str) -> dict:
     try:
-        return control.request(socket_path(config_path), "status")
+        return control.request(common.socket_path(config_path), "status")
     except control.DaemonUnavailable as e:
         return offline_status(config_path, str(e))
 

@@ -14,6 +14,15 @@ still hold the bindings and the kernel keeps its mode: the program stays
 attached and enforcing throughout, and the first full sync reconciles the
 maps (stale bindings removed) and switches to the configured mode.
 
+Upgrades across a map layout (nfguard/kernel/pins.py): the older build's
+pins are moved aside and its program stays attached, enforcing with its
+own maps, while this build fills fresh maps from FreeSWITCH; at the first
+full sync this build's program replaces it on every interface, so there is
+no moment without enforcement.
+
+Everything the daemon changes outside itself goes through a backend
+(backend.py): the kernel, or an in-memory recording for tests.
+
 SIGHUP reloads the config (a bad one is refused and the running one kept);
 SIGTERM stops following and leaves enforcement in place unless `on_stop:
 detach`. Logs go to stderr (journald); systemd hears READY, STATUS and
@@ -31,15 +40,14 @@ import time
 from dataclasses import asdict
 
 from nfguard import __version__
-from nfguard.kernel import attach
 from nfguard.daemon import control
-from nfguard.daemon.config import Config, ConfigError, Interface, load_config
-from nfguard.errors import AttachError, NfguardError
+from nfguard.daemon.backend import KernelBackend
+from nfguard.daemon.config import Config, ConfigError, load_config
 from nfguard.daemon.esl import Backoff, EndpointRunner
 from nfguard.daemon.fsevents import follow
-from nfguard.daemon.nftstate import Element, NftState, element_comment
 from nfguard.daemon.registry import Binding, Diff, Registry, binding_of
 from nfguard.daemon.sdnotify import Notifier
+from nfguard.errors import AttachError, NfguardError
 
 log = logging.getLogger("nfguard")
 
@@ -47,123 +55,77 @@ TICK = 0.25  # seconds: expiry, kernel events, watchdog
 CREDENTIAL_VERDICTS = ("not_bound", "expired")
 
 
-def boot_ns_of(expires: float, now: float, boot_now_ns: int) -> int:
-    """An epoch expiry as the CLOCK_BOOTTIME ns the kernel compares."""
-    return boot_now_ns + int((expires - now) * 1e9)
-
-
 class Daemon:
-    def __init__(self, cfg: Config, config_path: str | None = None):
+    def __init__(self, cfg: Config, config_path: str | None = None, backend=None):
+        """backend: where decisions land (backend.py); the kernel by default."""
         self.cfg = cfg
         self.config_path = config_path
+        self.backend = backend if backend is not None else KernelBackend()
         self.registry = Registry(grace=cfg.expiry_grace, degraded_grace=cfg.degraded_grace)
-        self.prog = None
-        self.nft: NftState | None = None
         self.runners: dict[str, tuple[EndpointRunner, asyncio.Task]] = {}
-        self.attached: dict[tuple[str, str | None], str] = {}  # (ifname, netns) -> XDP mode
         self.synced = False
         self.first_sync_at: float | None = None
         self.started = time.time()
         self._pending = Diff()
-        self._by_ip: dict[str, dict[Binding, float]] = {}
         self._alerted: dict[tuple[str, str, str], float] = {}
         self.recent_events: collections.deque = collections.deque(maxlen=100)
         self._subscribers: set[asyncio.Queue] = set()
         self.stats = collections.Counter()
         self.notifier = Notifier()
-        self._checker = None
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._loaded = None
 
     # -- start-up: check everything, then change things --------------------
     def start_kernel(self) -> None:
-        from nfguard.cli.attach import check_privileges
-        from nfguard.kernel.program import Program
-
-        check_privileges("nfguard run")
-        for itf in self.cfg.interfaces:
-            attach.check_interface(itf.name, netns=itf.netns)
-        fresh = not os.path.exists(os.path.join(self.cfg.pin_dir, "config"))
-        self.prog = Program(pin_dir=self.cfg.pin_dir)
-        self._configure_kernel(fresh=fresh)
-        if not fresh:
+        backend = self.backend
+        backend.check(self.cfg)
+        self._loaded = loaded = backend.load(self.cfg)
+        self._configure_kernel()
+        if not loaded.fresh:
             self._hold_pinned_bindings()
-        self.nft = NftState(self.cfg.reject_mark)
-        self.nft.install(self.cfg.trusted)
-        self._attach(self.cfg.interfaces)
-        self.prog.unpin_stale_stages()
+        backend.install(self.cfg)
+        if loaded.migrating:
+            log.info("nfguard %s: attaching once the first full sync has filled the new maps",
+                     __version__)
+        else:
+            backend.attach(self.cfg.interfaces)
+            backend.settle(self.cfg.pin_dir)
         log.info("nfguard %s: program loaded (%s maps in %s), mode %s until the first "
-                 "full sync", __version__, "new" if fresh else "existing", self.cfg.pin_dir,
-                 self.prog.config()["mode"])
+                 "full sync", __version__, "new" if loaded.fresh else "existing",
+                 self.cfg.pin_dir, backend.mode())
 
     def _hold_pinned_bindings(self) -> None:
         """A restart: until the first full sync replaces them, the live
         bindings of the pinned map are kept for the degraded grace, as for a
         disconnected node (FreeSWITCH may be down too, and the phones'
         refreshes cannot reach the map meanwhile)."""
-        boot = _boottime_ns()
-        floor = boot + int((self.cfg.degraded_grace + self.cfg.expiry_grace) * 1e9)
-        held = [(b.user, b.realm, b.ip, floor) for b in self.prog.bindings()
-                if boot < b.expires_ns < floor]
+        now = time.time()
+        hold = self.cfg.degraded_grace + self.cfg.expiry_grace
+        held = {b: now + hold for b, exp in self.backend.pinned().items() if now < exp < now + hold}
         if held:
-            self.prog.update_bindings(add=held)
+            self.apply(Diff(added=held))
             log.info("restart: %d pinned bindings held for %.0f s until the first full sync",
-                     len(held), self.cfg.degraded_grace + self.cfg.expiry_grace)
+                     len(held), hold)
 
-    def _configure_kernel(self, fresh: bool = False) -> None:
-        cfg, prog = self.cfg, self.prog
+    def _configure_kernel(self) -> None:
+        cfg, loaded = self.cfg, self._loaded
         if self.synced or cfg.mode == "monitor":
             mode = cfg.mode
-        elif fresh:
+        elif loaded.fresh:
             mode = "monitor"  # never cut phones off before the first sync
         else:
-            mode = prog.config()["mode"]  # a restart keeps enforcing
-        prog.configure(mode=mode, action=cfg.action, methods=cfg.methods,
-                       fragments=cfg.fragments, reject_mark=cfg.reject_mark,
-                       events_per_sec=cfg.events_per_sec)
-        prog.set_ports(cfg.ports)
-        have, want = set(prog.trusted()), set(cfg.trusted)
-        for cidr in want - have:
-            prog.add_trusted(cidr)
-        for cidr in have - want:
-            prog.remove_trusted(cidr)
-
-    def _attach(self, interfaces) -> None:
-        """Attach to every interface; if one fails, take nfguard off the
-        ones this call put it on (not those it merely replaced)."""
-        done: list[Interface] = []
-        try:
-            for itf in interfaces:
-                before = attach.xdp_status(itf.name, netns=itf.netns)
-                mode = attach.attach(itf.name, self.prog.xdp_fn.fd, self.prog.tc_fn.fd,
-                                     mode=itf.xdp_mode, netns=itf.netns)
-                self.attached[(itf.name, itf.netns)] = mode
-                if before.prog_name != attach.XDP_PROG_NAME:
-                    done.append(itf)
-                log.info("attached to %s: XDP %s, TC ingress", _where(itf), mode)
-        except BaseException:
-            for itf in done:
-                try:
-                    attach.detach(itf.name, netns=itf.netns)
-                except AttachError as e:
-                    log.error("taking nfguard off %s again failed: %s", _where(itf), e)
-                self.attached.pop((itf.name, itf.netns), None)
-            raise
-
-    def _detach(self, itf: Interface) -> None:
-        try:
-            attach.detach(itf.name, netns=itf.netns)
-            log.info("detached from %s", _where(itf))
-        except AttachError as e:
-            log.error("detaching from %s failed: %s", _where(itf), e)
-        self.attached.pop((itf.name, itf.netns), None)
+            mode = loaded.mode  # a restart keeps enforcing
+        self.backend.configure(cfg, mode)
 
     # -- following FreeSWITCH ----------------------------------------------
-    def _start_runner(self, endpoint) -> None:
+    def follow(self, endpoint) -> None:
         runner = follow(endpoint, self.registry, on_change=self._on_change,
                         backoff=Backoff(), resync_interval=self.cfg.resync_interval)
         task = asyncio.get_running_loop().create_task(runner.run(), name=f"esl {endpoint.name}")
         self.runners[endpoint.name] = (runner, task)
 
-    async def _stop_runner(self, name: str) -> None:
+    async def unfollow(self, name: str) -> None:
         runner, task = self.runners.pop(name)
         task.cancel()
         try:
@@ -175,61 +137,31 @@ class Daemon:
         self._pending.then(diff)
         self._wake.set()
 
-    async def _flusher(self) -> None:
+    async def flush_forever(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             diff, self._pending = self._pending, Diff()
             if diff:
-                self._apply(diff)
+                self.apply(diff)
             if not self.synced and self.runners and all(
                     r.last_sync is not None for r, _ in self.runners.values()):
                 self._first_sync()
 
-    def _element(self, ip: str) -> Element | None:
-        held = self._by_ip.get(ip)
-        if not held:
-            return None
-        return Element(max(held.values()),
-                       element_comment(f"{b.user}@{b.realm}" for b in held))
-
-    def _apply(self, diff: Diff) -> None:
-        now, boot = time.time(), _boottime_ns()
+    def apply(self, diff: Diff) -> None:
+        """One registry diff into every sink (the bindings map, the nft
+        sets); a sink that fails is logged and counted, and the next full
+        sync puts it right."""
+        now = time.time()
         for reg, why in diff.rejected:
             log.warning("registration of %s@%s at %s not stored: %s", reg.user, reg.realm,
                         reg.ip, why)
-        touched = set()
-        for b, exp in diff.added.items():
-            self._by_ip.setdefault(b.ip, {})[b] = exp
-            touched.add(b.ip)
-        for b in diff.removed:
-            held = self._by_ip.get(b.ip)
-            if held is not None:
-                held.pop(b, None)
-                if not held:
-                    del self._by_ip[b.ip]
-            touched.add(b.ip)
-        try:
-            self.prog.update_bindings(
-                add=[(b.user, b.realm, b.ip, boot_ns_of(exp, now, boot))
-                     for b, exp in diff.added.items()],
-                remove=[(b.user, b.realm, b.ip) for b in diff.removed])
-        except Exception as e:  # noqa: BLE001 - logged, counted, fixed by the next sync
-            self.stats["bpf_errors"] += 1
-            log.error("updating the bindings map failed: %s", e)
-        changed = {}
-        gone = []
-        for ip in touched:
-            el = self._element(ip)
-            if el is None:
-                gone.append(ip)
-            else:
-                changed[ip] = el
-        try:
-            self.nft.apply(changed, gone, now)
-        except NfguardError as e:
-            self.stats["nft_errors"] += 1
-            log.error("updating the nft sets failed: %s", e)
+        for sink in self.backend.sinks:
+            try:
+                sink.apply(diff, now)
+            except Exception as e:  # noqa: BLE001 - logged, counted, fixed by the next sync
+                self.stats[f"{sink.name}_errors"] += 1
+                log.error("updating the %s bindings failed: %s", sink.name, e)
         self.stats["diffs"] += 1
         self.stats["bindings_added"] += len(diff.added)
         self.stats["bindings_removed"] += len(diff.removed)
@@ -237,20 +169,20 @@ class Daemon:
     def _first_sync(self) -> None:
         """Every endpoint has synced once: make the kernel and nft hold
         exactly the registry (stale bindings of an earlier run go), then
-        enforce as configured."""
-        now, boot = time.time(), _boottime_ns()
+        enforce as configured; after an upgrade across a map layout, only
+        now does this build's program replace the older one."""
+        now = time.time()
         want = self.registry.bindings()
-        stale = [(b.user, b.realm, b.ip) for b in self.prog.bindings()
-                 if Binding(b.user, b.realm, b.ip) not in want]
-        self.prog.update_bindings(
-            add=[(b.user, b.realm, b.ip, boot_ns_of(exp, now, boot)) for b, exp in want.items()],
-            remove=stale)
-        counts = self.nft.sync({ip: self._element(ip) for ip in self._by_ip}, now)
+        counts = {sink.name: sink.sync(want, now) for sink in self.backend.sinks}
         self.synced = True
         self.first_sync_at = now
         self._configure_kernel()
-        log.info("first full sync: %d bindings (%d stale removed from the map, nft %s); "
-                 "mode %s", len(want), len(stale), counts, self.cfg.mode)
+        if self._loaded.migrating:
+            self.backend.attach(self.cfg.interfaces)
+            self.backend.settle(self.cfg.pin_dir)
+            self._loaded.migrating = False
+        log.info("first full sync: %d bindings (%s); mode %s", len(want),
+                 ", ".join(f"{name} {c}" for name, c in counts.items()), self.cfg.mode)
         self.notifier.status(self._status_line())
 
     # -- kernel verdict events -----------------------------------------------
@@ -284,7 +216,7 @@ class Daemon:
             elif not self.synced:
                 self._wake.set()  # an empty first resync gives no diff to wake on
             try:
-                self.prog.poll_events(0)
+                self.backend.poll_events()
             except Exception as e:  # noqa: BLE001
                 log.error("reading kernel events failed: %s", e)
             mono = time.monotonic()
@@ -301,7 +233,7 @@ class Daemon:
 
     def _status_line(self) -> str:
         up = sum(r.state == "up" for r, _ in self.runners.values())
-        mode = self.prog.config()["mode"] if self.prog else "?"
+        mode = self.backend.mode()
         sync = "in sync" if self.synced else "waiting for the first full sync"
         return (f"{mode}, {len(self.registry.bindings())} bindings, ESL {up}/"
                 f"{len(self.runners)} up, {sync}")
@@ -311,8 +243,7 @@ class Daemon:
         path = self.config_path
         try:
             new = load_config(path)
-            for itf in new.interfaces:
-                attach.check_interface(itf.name, netns=itf.netns)
+            self.backend.check_interfaces(new.interfaces)
         except (ConfigError, AttachError) as e:
             log.error("reload refused, the running config stays: %s", e)
             raise
@@ -320,23 +251,24 @@ class Daemon:
         self.registry.grace = new.expiry_grace
         self.registry.degraded_grace = new.degraded_grace
         self._configure_kernel()
-        self.nft.reject_mark = new.reject_mark
-        self.nft.install(new.trusted)
-        keys = {(i.name, i.netns) for i in new.interfaces}
-        for itf in old.interfaces:
-            if (itf.name, itf.netns) not in keys:
-                self._detach(itf)
-        self._attach([i for i in new.interfaces if (i.name, i.netns) not in self.attached])
+        self.backend.install(new)
+        if not self._loaded.migrating:
+            keys = {(i.name, i.netns) for i in new.interfaces}
+            for itf in old.interfaces:
+                if (itf.name, itf.netns) not in keys:
+                    self.backend.detach(itf)
+            self.backend.attach([i for i in new.interfaces
+                                 if (i.name, i.netns) not in self.backend.attached])
         wanted = {e.name: e for e in new.esl}
         for name in list(self.runners):
             runner = self.runners[name][0]
             if wanted.get(name) != runner.endpoint or new.resync_interval != old.resync_interval:
-                await self._stop_runner(name)
+                await self.unfollow(name)
                 if name not in wanted:
                     self._on_change(self.registry.resync(name, [], time.time()))
         for name, endpoint in wanted.items():
             if name not in self.runners:
-                self._start_runner(endpoint)
+                self.follow(endpoint)
         log.info("config reloaded from %s", path)
         return {"reloaded": path}
 
@@ -348,9 +280,8 @@ class Daemon:
         if cmd == "bindings":
             return {"ok": True, "bindings": self.bindings()}
         if cmd == "check":
-            from nfguard.daemon.check import check_with
-            verdict = check_with(self._get_checker(), req.get("user", ""), req.get("realm", ""),
-                                 req.get("ip", ""), self.prog)
+            verdict = self.backend.check_binding(req.get("user", ""), req.get("realm", ""),
+                                                 req.get("ip", ""))
             return {"ok": True, **verdict}
         if cmd == "reload":
             return {"ok": True, **await self.reload()}
@@ -358,12 +289,6 @@ class Daemon:
             await self._stream_events(writer)
             return None
         return {"ok": False, "error": f"unknown command {cmd!r}"}
-
-    def _get_checker(self):
-        if self._checker is None:
-            from nfguard.kernel.program import Program
-            self._checker = Program()
-        return self._checker
 
     async def _stream_events(self, writer: asyncio.StreamWriter) -> None:
         import json
@@ -388,17 +313,10 @@ class Daemon:
                 for b, exp in sorted(self.registry.bindings().items())]
 
     def status(self) -> dict:
-        from nfguard.daemon.status import kernel_status
         now = time.time()
         registry = self.registry.bindings()
-        elements = {ip: self._element(ip) for ip in self._by_ip}
-        in_map = self.prog.bindings()
-        st = kernel_status(self.prog, self.nft, self.cfg, elements=elements, bpf=in_map)
-        bpf = {(b.user, b.realm, b.ip) for b in in_map}
-        reg = {tuple(b) for b in registry}
+        st = self.backend.status(self.cfg, registry, now)
         st["bindings"]["registry"] = len(registry)
-        st["drift"]["bpf_missing"] = sorted(f"{u}@{r} {ip}" for u, r, ip in reg - bpf)[:50]
-        st["drift"]["bpf_extra"] = sorted(f"{u}@{r} {ip}" for u, r, ip in bpf - reg)[:50]
         st.update({
             "daemon": "up", "pid": os.getpid(), "version": __version__,
             "config": self.config_path, "uptime_s": round(now - self.started, 1),
@@ -420,8 +338,7 @@ class Daemon:
     # -- the whole run ---------------------------------------------------------
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        stop = asyncio.Event()
+        stop = self._stop
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP,
@@ -431,10 +348,10 @@ class Daemon:
         if self.cfg.metrics_listen:
             from nfguard.daemon.metrics import serve_metrics
             metrics = await serve_metrics(self.cfg.metrics_listen, self)
-        self.prog.open_events(self._on_kernel_event)
+        self.backend.open_events(self._on_kernel_event)
         for endpoint in self.cfg.esl:
-            self._start_runner(endpoint)
-        tasks = [loop.create_task(self._flusher()), loop.create_task(self._ticker())]
+            self.follow(endpoint)
+        tasks = [loop.create_task(self.flush_forever()), loop.create_task(self._ticker())]
         self.notifier.ready(self._status_line())
         log.info("running: control socket %s, %d ESL endpoint(s)", self.cfg.socket,
                  len(self.runners))
@@ -442,7 +359,7 @@ class Daemon:
         self.notifier.stopping()
         log.info("stopping")
         for name in list(self.runners):
-            await self._stop_runner(name)
+            await self.unfollow(name)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -455,22 +372,18 @@ class Daemon:
             pass
         if self.cfg.on_stop == "detach":
             for itf in self.cfg.interfaces:
-                self._detach(itf)
+                self.backend.detach(itf)
             log.info("on_stop: detach: enforcement removed")
         else:
             log.info("enforcement stays in place (on_stop: keep)")
         return 0
+
+    def stop(self) -> None:
+        """Ask run() to return, as SIGTERM does."""
+        self._stop.set()
 
     async def _reload_logged(self) -> None:
         try:
             await self.reload()
         except NfguardError:
             pass  # logged by reload()
-
-
-def _where(itf: Interface) -> str:
-    return itf.name + (f" (netns {itf.netns})" if itf.netns else "")
-
-
-def _boottime_ns() -> int:
-    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)

@@ -19,7 +19,7 @@ def render(daemon) -> str:
         "# HELP nfguard_packets_total Guarded packets by reason (XDP program).",
         "# TYPE nfguard_packets_total counter",
     ]
-    for reason, n in daemon.prog.counters().items():
+    for reason, n in daemon.backend.counters().items():
         lines.append(f'nfguard_packets_total{{reason="{reason}"}} {n}')
     lines += [
         "# HELP nfguard_bindings Bindings in the registry.",

@@ -1,0 +1,426 @@
+"""Where the daemon's decisions land: the seam between its logic and the
+kernel.
+
+The daemon decides (which bindings, which mode, when to attach); a backend
+carries it out. Bindings go to sinks, each with the same three verbs, like
+the backends of crowdsec's firewall bouncer:
+
+- `apply(diff, now)`: one registry diff;
+- `sync(bindings, now)`: make the sink hold exactly these bindings;
+- `drift(bindings, now)`: what differs between the sink and these bindings.
+
+`KernelBackend` is the real one: the classifier's bindings map (`BpfSink`)
+and the nft sets (`NftSink`), the program's mode, the interfaces and the
+kernel's verdict events. `RecordingBackend` keeps everything in memory and
+records what it was asked to do, so the daemon's logic (first sync, restart
+hold, alerts, reload, degraded grace, upgrades) is tested without root.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from nfguard.daemon.nftstate import Element, NftState, element_comment
+from nfguard.daemon.registry import Binding, Diff
+
+log = logging.getLogger("nfguard")
+
+
+def boot_ns_of(expires: float, now: float, boot_now_ns: int) -> int:
+    """An epoch expiry as the CLOCK_BOOTTIME ns the kernel compares."""
+    if math.isinf(expires):
+        return (1 << 64) - 1
+    return boot_now_ns + int((expires - now) * 1e9)
+
+
+def boottime_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+class Sink(Protocol):
+    name: str
+
+    def apply(self, diff: Diff, now: float) -> None: ...
+
+    def sync(self, bindings: dict[Binding, float], now: float) -> dict: ...
+
+    def drift(self, bindings: dict[Binding, float], now: float) -> dict: ...
+
+
+@dataclass
+class Loaded:
+    """What a backend found when it loaded: `fresh` state (nothing pinned:
+    stay in monitor until the first full sync), the `mode` the state holds
+    (a restart keeps it), and `migrating`: an older build's program stays
+    attached until the first full sync has filled the new maps."""
+
+    fresh: bool
+    mode: str
+    migrating: bool = False
+
+
+# -- the kernel ---------------------------------------------------------------
+class BpfSink:
+    """The classifier's bindings map (expiry in CLOCK_BOOTTIME ns)."""
+
+    name = "bpf"
+
+    def __init__(self, prog):
+        self.prog = prog
+
+    def read(self) -> dict[Binding, float]:
+        """The map's bindings with their expiry as epoch seconds."""
+        from nfguard.kernel.program import NO_EXPIRY
+
+        now, boot = time.time(), boottime_ns()
+        return {Binding(b.user, b.realm, b.ip):
+                math.inf if b.expires_ns >= NO_EXPIRY else now + (b.expires_ns - boot) / 1e9
+                for b in self.prog.bindings()}
+
+    def apply(self, diff: Diff, now: float) -> None:
+        boot = boottime_ns()
+        self.prog.update_bindings(
+            add=[(b.user, b.realm, b.ip, boot_ns_of(exp, now, boot))
+                 for b, exp in diff.added.items()],
+            remove=[(b.user, b.realm, b.ip) for b in diff.removed])
+
+    def sync(self, bindings: dict[Binding, float], now: float) -> dict:
+        boot = boottime_ns()
+        stale = [(b.user, b.realm, b.ip) for b in self.prog.bindings()
+                 if Binding(b.user, b.realm, b.ip) not in bindings]
+        self.prog.update_bindings(
+            add=[(b.user, b.realm, b.ip, boot_ns_of(exp, now, boot))
+                 for b, exp in bindings.items()],
+            remove=stale)
+        return {"added": len(bindings), "removed": len(stale)}
+
+    def drift(self, bindings: dict[Binding, float], now: float,
+              held: list | None = None) -> dict:
+        """held: prog.bindings(), when the caller has read it already."""
+        held = self.prog.bindings() if held is None else held
+        have = {(b.user, b.realm, b.ip) for b in held}
+        want = {tuple(b) for b in bindings}
+        return {"bpf_missing": sorted(f"{u}@{r} {ip}" for u, r, ip in want - have)[:50],
+                "bpf_extra": sorted(f"{u}@{r} {ip}" for u, r, ip in have - want)[:50]}
+
+
+class NftSink:
+    """The nft sets: one element per address, commented with every
+    user@realm bound there, expiring with the last of them."""
+
+    name = "nft"
+
+    def __init__(self, nft: NftState):
+        self.nft = nft
+        self._by_ip: dict[str, dict[Binding, float]] = {}
+
+    def element(self, ip: str) -> Element | None:
+        held = self._by_ip.get(ip)
+        if not held:
+            return None
+        return Element(max(held.values()), element_comment(f"{b.user}@{b.realm}" for b in held))
+
+    def elements(self) -> dict[str, Element]:
+        return {ip: self.element(ip) for ip in self._by_ip}
+
+    def apply(self, diff: Diff, now: float) -> None:
+        touched = set()
+        for b, exp in diff.added.items():
+            self._by_ip.setdefault(b.ip, {})[b] = exp
+            touched.add(b.ip)
+        for b in diff.removed:
+            held = self._by_ip.get(b.ip)
+            if held is not None:
+                held.pop(b, None)
+                if not held:
+                    del self._by_ip[b.ip]
+            touched.add(b.ip)
+        changed, gone = {}, []
+        for ip in touched:
+            el = self.element(ip)
+            if el is None:
+                gone.append(ip)
+            else:
+                changed[ip] = el
+        self.nft.apply(changed, gone, now)
+
+    def sync(self, bindings: dict[Binding, float], now: float) -> dict:
+        self._by_ip = {}
+        for b, exp in bindings.items():
+            self._by_ip.setdefault(b.ip, {})[b] = exp
+        return self.nft.sync(self.elements(), now)
+
+    def drift(self, bindings: dict[Binding, float], now: float) -> dict:
+        return {"nft": self.nft.drift(self.elements(), now)}
+
+
+class KernelBackend:
+    """The classifier on its pinned maps, the nft table and the interfaces."""
+
+    def __init__(self, prog=None, nft: NftState | None = None):
+        self.prog = prog  # tests and benches pass their own loads
+        self.nft = nft
+        self.sinks: list = []
+        self.attached: dict[tuple[str, str | None], str] = {}  # (ifname, netns) -> XDP mode
+        self._checker = None
+        if prog is not None and nft is not None:
+            self.sinks = [BpfSink(prog), NftSink(nft)]
+
+    # -- start-up: check everything, then change things ------------------------
+    def check(self, cfg) -> None:
+        """Privileges and interfaces, before anything changes."""
+        from nfguard.kernel.host import check_privileges
+
+        check_privileges("nfguard run")
+        self.check_interfaces(cfg.interfaces)
+
+    def check_interfaces(self, interfaces) -> None:
+        from nfguard.kernel import attach
+
+        for itf in interfaces:
+            attach.check_interface(itf.name, netns=itf.netns)
+
+    def load(self, cfg) -> Loaded:
+        from nfguard.kernel.program import Program
+
+        self.prog = Program(pin_dir=cfg.pin_dir, other_layout="retire")
+        if self.prog.migrating:
+            log.warning("the maps pinned in %s were made by another nfguard build: they "
+                        "are kept in %s/retired/ and the program attached now keeps "
+                        "enforcing with them until the first full sync has filled the new "
+                        "maps", cfg.pin_dir, cfg.pin_dir)
+        self.nft = NftState(cfg.reject_mark)
+        self.sinks = [BpfSink(self.prog), NftSink(self.nft)]
+        return Loaded(fresh=self.prog.fresh, mode=self.prog.config()["mode"],
+                      migrating=self.prog.migrating)
+
+    def pinned(self) -> dict[Binding, float]:
+        return self.sinks[0].read()
+
+    def configure(self, cfg, mode: str) -> None:
+        prog = self.prog
+        prog.configure(mode=mode, action=cfg.action, methods=cfg.methods,
+                       fragments=cfg.fragments, reject_mark=cfg.reject_mark,
+                       events_per_sec=cfg.events_per_sec)
+        prog.set_ports(cfg.ports)
+        have, want = set(prog.trusted()), set(cfg.trusted)
+        for cidr in want - have:
+            prog.add_trusted(cidr)
+        for cidr in have - want:
+            prog.remove_trusted(cidr)
+
+    def install(self, cfg) -> None:
+        """The nft table, its reject rule and trusted sets (kept elements
+        stay); at start and on reload."""
+        self.nft.reject_mark = cfg.reject_mark
+        self.nft.install(cfg.trusted)
+
+    def mode(self) -> str:
+        return self.prog.config()["mode"] if self.prog else "?"
+
+    def attach(self, interfaces) -> None:
+        """Attach to every interface; if one fails, take nfguard off the
+        ones this call put it on (not those it merely replaced)."""
+        from nfguard.kernel import attach
+        from nfguard.errors import AttachError
+
+        done = []
+        try:
+            for itf in interfaces:
+                before = attach.xdp_status(itf.name, netns=itf.netns)
+                mode = attach.attach(itf.name, self.prog.xdp_fn.fd, self.prog.tc_fn.fd,
+                                     mode=itf.xdp_mode, netns=itf.netns)
+                self.attached[(itf.name, itf.netns)] = mode
+                if before.prog_name != attach.XDP_PROG_NAME:
+                    done.append(itf)
+                log.info("attached to %s: XDP %s, TC ingress", where(itf), mode)
+        except BaseException:
+            for itf in done:
+                try:
+                    attach.detach(itf.name, netns=itf.netns)
+                except AttachError as e:
+                    log.error("taking nfguard off %s again failed: %s", where(itf), e)
+                self.attached.pop((itf.name, itf.netns), None)
+            raise
+
+    def detach(self, itf) -> None:
+        from nfguard.kernel import attach
+        from nfguard.errors import AttachError
+
+        try:
+            attach.detach(itf.name, netns=itf.netns)
+            log.info("detached from %s", where(itf))
+        except AttachError as e:
+            log.error("detaching from %s failed: %s", where(itf), e)
+        self.attached.pop((itf.name, itf.netns), None)
+
+    def settle(self, pin_dir: str) -> None:
+        """After the attach: drop what older loads and builds left pinned."""
+        from nfguard.kernel import pins
+
+        self.prog.unpin_stale_stages()
+        if pins.retired(pin_dir):
+            pins.remove_retired(pin_dir)
+            log.info("the older build's maps are unpinned: this build enforces alone")
+
+    # -- events, status, check -------------------------------------------------
+    def open_events(self, callback: Callable) -> None:
+        self.prog.open_events(callback)
+
+    def poll_events(self) -> None:
+        self.prog.poll_events(0)
+
+    def counters(self) -> dict[str, int]:
+        return self.prog.counters()
+
+    def status(self, cfg, bindings: dict[Binding, float], now: float) -> dict:
+        from nfguard.daemon.status import kernel_status
+
+        held = self.prog.bindings()
+        st = kernel_status(self.prog, self.nft, cfg, elements=self.sinks[1].elements(),
+                           bpf=held)
+        st["drift"].update(self.sinks[0].drift(bindings, now, held))
+        return st
+
+    def check_binding(self, user: str, realm: str, ip: str) -> dict:
+        from nfguard.daemon.check import check_with
+        from nfguard.kernel.program import Program
+
+        if self._checker is None:
+            self._checker = Program()
+        return check_with(self._checker, user, realm, ip, self.prog)
+
+    def close(self) -> None:
+        for p in (self._checker, self.prog):
+            if p is not None:
+                p.close()
+
+
+def where(itf) -> str:
+    return itf.name + (f" (netns {itf.netns})" if itf.netns else "")
+
+
+# -- in memory ----------------------------------------------------------------
+@dataclass
+class RecordingSink:
+    """Bindings in a dict, and every call recorded."""
+
+    name: str = "recording"
+    held: dict[Binding, float] = field(default_factory=dict)
+    calls: list[tuple] = field(default_factory=list)
+    fail: bool = False  # raise on the next apply/sync, like a failing kernel
+
+    def _maybe_fail(self, what: str) -> None:
+        if self.fail:
+            self.fail = False
+            raise RuntimeError(f"{self.name} {what} failed (test)")
+
+    def apply(self, diff: Diff, now: float) -> None:
+        self.calls.append(("apply", dict(diff.added), set(diff.removed)))
+        self._maybe_fail("apply")
+        for b in diff.removed:
+            self.held.pop(b, None)
+        self.held.update(diff.added)
+
+    def sync(self, bindings: dict[Binding, float], now: float) -> dict:
+        self.calls.append(("sync", dict(bindings)))
+        self._maybe_fail("sync")
+        removed = len(set(self.held) - set(bindings))
+        self.held = dict(bindings)
+        return {"added": len(bindings), "removed": removed}
+
+    def drift(self, bindings: dict[Binding, float], now: float) -> dict:
+        return {f"{self.name}_missing": sorted(str(b) for b in set(bindings) - set(self.held)),
+                f"{self.name}_extra": sorted(str(b) for b in set(self.held) - set(bindings))}
+
+
+class RecordingBackend:
+    """The daemon's kernel side in memory: a pinned state that survives a
+    "restart" (pass the same `pinned` dict to the next backend), a mode, the
+    attached interfaces, verdict events injected with emit()."""
+
+    def __init__(self, pinned: dict[Binding, float] | None = None, mode: str = "monitor",
+                 migrating: bool = False):
+        self.sink = RecordingSink(held=dict(pinned or {}))
+        self.sinks = [self.sink]
+        self.fresh = pinned is None
+        self.kernel_mode = mode
+        self.migrating = migrating
+        self.attached: dict[tuple[str, str | None], str] = {}
+        self.log: list[tuple] = []
+        self.bad_interfaces: set[str] = set()
+        self._callback = None
+        self._queued: list = []
+
+    def check(self, cfg) -> None:
+        self.check_interfaces(cfg.interfaces)
+
+    def check_interfaces(self, interfaces) -> None:
+        from nfguard.errors import AttachError
+
+        for itf in interfaces:
+            if itf.name in self.bad_interfaces:
+                raise AttachError(f"interface {itf.name} not found")
+
+    def load(self, cfg) -> Loaded:
+        self.log.append(("load",))
+        return Loaded(fresh=self.fresh, mode=self.kernel_mode, migrating=self.migrating)
+
+    def pinned(self) -> dict[Binding, float]:
+        return dict(self.sink.held)
+
+    def configure(self, cfg, mode: str) -> None:
+        self.kernel_mode = mode
+        self.log.append(("configure", mode))
+
+    def mode(self) -> str:
+        return self.kernel_mode
+
+    def install(self, cfg) -> None:
+        self.log.append(("install", tuple(cfg.trusted)))
+
+    def attach(self, interfaces) -> None:
+        for itf in interfaces:
+            self.attached[(itf.name, itf.netns)] = itf.xdp_mode
+            self.log.append(("attach", itf.name))
+
+    def detach(self, itf) -> None:
+        self.attached.pop((itf.name, itf.netns), None)
+        self.log.append(("detach", itf.name))
+
+    def settle(self, pin_dir: str) -> None:
+        self.log.append(("settle",))
+        self.migrating = False
+
+    def open_events(self, callback: Callable) -> None:
+        self._callback = callback
+
+    def emit(self, event) -> None:
+        """A verdict event, delivered at the next poll."""
+        self._queued.append(event)
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def poll_events(self) -> None:
+        queued, self._queued = self._queued, []
+        for ev in queued:
+            self._callback(ev)
+
+    def status(self, cfg, bindings: dict[Binding, float], now: float) -> dict:
+        return {"kernel": {"mode": self.kernel_mode}, "interfaces": [],
+                "counters": {}, "bindings": {"recording": len(self.sink.held)},
+                "drift": self.sink.drift(bindings, now)}
+
+    def check_binding(self, user: str, realm: str, ip: str) -> dict:
+        bound = any(b.user == user.lower() and b.realm == realm.lower() and b.ip == ip
+                    for b in self.sink.held)
+        return {"user": user, "realm": realm, "ip": ip, "mode": self.kernel_mode,
+                "reason": "bound" if bound else "not_bound"}
+
+    def close(self) -> None:
+        self.log.append(("close",))

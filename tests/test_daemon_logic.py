@@ -1,0 +1,227 @@
+"""The daemon's logic without root: the real Daemon, the fake Event Socket
+on 127.0.0.1, and a RecordingBackend in place of the kernel and nftables
+(nfguard/daemon/backend.py). tests/test_daemon.py runs the same daemon on
+the kernel, in network namespaces."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from nfguard.daemon.backend import RecordingBackend
+from nfguard.daemon.config import parse_config
+from nfguard.daemon.core import Daemon
+from nfguard.daemon.registry import Binding
+from nfguard.errors import NfguardError
+from nfguard.kernel.program import Event
+from nfguard.lab.fakeesl import FakeEsl, Row, register_frame
+
+USER, REALM = "1001", "pbx.example.com"
+PHONE, OTHER = "192.0.2.10", "192.0.2.20"
+PHONE_B = Binding(USER, REALM, PHONE)
+
+
+def config(tmp_path, port: int, **over):
+    data = {"interfaces": ["nfg0"], "mode": "enforce", "action": "drop",
+            "expiry_grace": 0, "socket": str(tmp_path / "nfguard.sock"),
+            "esl": [{"name": "fs1", "port": port, "password": "ClueCon"}]}
+    data.update(over)
+    return parse_config(data, "test")
+
+
+async def until(pred, what: str, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class World:
+    """A running daemon on a recording backend, fed by a fake FreeSWITCH."""
+
+    def __init__(self, tmp_path, backend: RecordingBackend, table=(), **over):
+        self.tmp_path, self.backend, self.table, self.over = tmp_path, backend, table, over
+
+    async def __aenter__(self):
+        self.esl = FakeEsl(table=list(self.table))
+        port = await self.esl.start()
+        self.cfg = config(self.tmp_path, port, **self.over)
+        self.daemon = Daemon(self.cfg, backend=self.backend)
+        self.daemon.start_kernel()
+        self.task = asyncio.get_running_loop().create_task(self.daemon.run())
+        return self
+
+    async def synced(self):
+        await until(lambda: self.daemon.synced, "the first full sync")
+
+    async def __aexit__(self, *exc):
+        self.daemon.stop()
+        assert await asyncio.wait_for(self.task, 5) == 0
+        await self.esl.stop()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_fresh_start_monitors_until_the_first_sync_then_enforces(tmp_path):
+    async def go():
+        backend = RecordingBackend()  # nothing pinned
+        async with World(tmp_path, backend, table=[Row(USER, REALM, PHONE, 5060, "c1")]) as w:
+            assert backend.log[:3] == [("load",), ("configure", "monitor"),
+                                       ("install", ())]
+            assert backend.attached == {("nfg0", None): "auto"}
+            await w.synced()
+            assert backend.kernel_mode == "enforce"
+            assert set(backend.sink.held) == {PHONE_B}
+            assert backend.sink.calls[-1][0] == "sync"
+            await w.esl.push(register_frame(USER, REALM, OTHER, call_id="c2"))
+            await until(lambda: Binding(USER, REALM, OTHER) in backend.sink.held,
+                        "the event's binding")
+            st = w.daemon.status()
+            assert st["bindings"]["registry"] == 2
+            assert st["drift"] == {"recording_missing": [], "recording_extra": []}
+    run(go())
+
+
+def test_a_restart_keeps_enforcing_and_holds_pinned_bindings_until_the_sync(tmp_path):
+    now = time.time()
+    soon, later, gone = (Binding(USER, REALM, "192.0.2.1"), Binding(USER, REALM, "192.0.2.2"),
+                         Binding(USER, REALM, "192.0.2.3"))
+    pinned = {soon: now + 20, later: now + 10_000, gone: now - 5}
+
+    async def go():
+        backend = RecordingBackend(pinned=pinned, mode="enforce")
+        w = World(tmp_path, backend, table=[Row(USER, REALM, PHONE, 5060, "c1")],
+                  degraded_grace=600)
+        async with w:
+            # enforcing from the first moment; the binding about to run out
+            # is held for the degraded grace, the others are left alone
+            assert ("configure", "monitor") not in backend.log
+            assert backend.log[1] == ("configure", "enforce")
+            (first,) = [c for c in backend.sink.calls if c[0] == "apply"]
+            assert set(first[1]) == {soon} and 590 < first[1][soon] - now <= 601
+            await w.synced()
+            assert set(backend.sink.held) == {PHONE_B}  # stale pins gone at the sync
+    run(go())
+
+
+def test_the_restart_hold_applies_when_freeswitch_is_down(tmp_path):
+    now = time.time()
+    soon = Binding(USER, REALM, "192.0.2.1")
+
+    async def go():
+        backend = RecordingBackend(pinned={soon: now + 20}, mode="enforce")
+        async with World(tmp_path, backend, degraded_grace=600) as w:
+            await w.esl.stop()  # FreeSWITCH is down as well
+            await asyncio.sleep(0.3)
+            assert not w.daemon.synced
+            assert backend.kernel_mode == "enforce"
+            assert 590 < backend.sink.held[soon] - now <= 601
+    run(go())
+
+
+def test_an_upgrade_across_a_map_layout_attaches_only_after_the_first_sync(tmp_path):
+    async def go():
+        backend = RecordingBackend(pinned={}, mode="monitor", migrating=True)
+        backend.fresh = True
+        esl = FakeEsl(table=[Row(USER, REALM, PHONE, 5060, "c1")])
+        esl.api_delay = 0.3  # the sync takes a moment: the old program stays meanwhile
+        port = await esl.start()
+        daemon = Daemon(config(tmp_path, port), backend=backend)
+        daemon.start_kernel()
+        assert backend.attached == {}  # the older build's program keeps enforcing
+        task = asyncio.get_running_loop().create_task(daemon.run())
+        await until(lambda: daemon.synced, "the first full sync")
+        assert backend.attached == {("nfg0", None): "auto"}
+        i_sync = next(i for i, c in enumerate(backend.sink.calls) if c[0] == "sync")
+        assert set(backend.sink.calls[i_sync][1]) == {PHONE_B}
+        # filled, then enforcing, then attached, then the old pins go
+        order = [e for e in backend.log if e[0] in ("configure", "attach", "settle")]
+        assert order[-3:] == [("configure", "enforce"), ("attach", "nfg0"), ("settle",)]
+        daemon.stop()
+        await task
+        await esl.stop()
+    run(go())
+
+
+def test_one_alert_per_credential_and_address_per_interval(tmp_path, caplog):
+    def event(src, reason="not_bound"):
+        return Event(ts_ns=0, src=src, sport=5060, dport=5060, reason=reason,
+                     action="drop", would="drop", user=USER, realm=REALM)
+
+    async def go():
+        backend = RecordingBackend()
+        async with World(tmp_path, backend) as w:
+            for _ in range(3):
+                backend.emit(event("198.51.100.7"))
+            backend.emit(event("198.51.100.8"))
+            backend.emit(event("198.51.100.9", reason="no_credentials"))
+            await until(lambda: len(w.daemon.recent_events) == 5, "the events")
+    with caplog.at_level(logging.WARNING, logger="nfguard"):
+        run(go())
+    alerts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ALERT")]
+    assert len(alerts) == 2
+    assert "1001@pbx.example.com were used from 198.51.100.7" in alerts[0]
+    assert "rotate it" in alerts[0] and "dropped" in alerts[0]
+    assert "198.51.100.8" in alerts[1]
+
+
+def test_reload_moves_interfaces_and_a_bad_file_keeps_the_running_config(tmp_path):
+    async def go():
+        backend = RecordingBackend()
+        async with World(tmp_path, backend) as w:
+            path = tmp_path / "nfguard.yaml"
+            w.daemon.config_path = str(path)
+            path.write_text(f"interfaces: [nfg1]\nmode: monitor\nsocket: {w.cfg.socket}\n"
+                            f"esl: [{{name: fs1, port: {w.esl.port}, password: ClueCon}}]\n")
+            await w.daemon.reload()
+            assert backend.attached == {("nfg1", None): "auto"}
+            assert ("detach", "nfg0") in backend.log
+            assert backend.kernel_mode == "monitor"
+            backend.bad_interfaces.add("nfg2")
+            path.write_text(path.read_text().replace("nfg1", "nfg2"))
+            with pytest.raises(NfguardError, match="nfg2"):
+                await w.daemon.reload()
+            path.write_text(path.read_text().replace("nfg2", "nfg1").replace("monitor", "often"))
+            with pytest.raises(NfguardError, match="mode"):
+                await w.daemon.reload()
+            assert w.daemon.cfg.interfaces[0].name == "nfg1"
+            assert backend.attached == {("nfg1", None): "auto"}
+    run(go())
+
+
+def test_a_freeswitch_outage_keeps_bindings_for_the_degraded_grace(tmp_path):
+    async def go():
+        backend = RecordingBackend()
+        w = World(tmp_path, backend, table=[Row(USER, REALM, PHONE, 5060, "c1",
+                                                expires_in=1)], degraded_grace=1.5)
+        async with w:
+            await w.synced()
+            assert PHONE_B in backend.sink.held
+            await w.esl.stop()  # FreeSWITCH goes away; its 1 s registration lapses
+            t0 = time.monotonic()
+            await until(lambda: w.daemon.status()["esl"][0]["state"] == "down", "ESL down")
+            await asyncio.sleep(1.2)
+            assert PHONE_B in backend.sink.held  # kept: the node is degraded
+            await until(lambda: PHONE_B not in backend.sink.held, "the grace to end", 5)
+            assert time.monotonic() - t0 >= 1.2
+    run(go())
+
+
+def test_a_failing_sink_is_counted_and_the_next_sync_repairs_it(tmp_path):
+    async def go():
+        backend = RecordingBackend()
+        async with World(tmp_path, backend) as w:
+            await w.synced()
+            backend.sink.fail = True
+            await w.esl.push(register_frame(USER, REALM, PHONE, call_id="c1"))
+            await until(lambda: w.daemon.stats["recording_errors"] == 1, "the error")
+            assert PHONE_B not in backend.sink.held
+            assert w.daemon.status()["drift"]["recording_missing"] == [str(PHONE_B)]
+    run(go())
