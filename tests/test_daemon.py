@@ -345,6 +345,60 @@ def test_uninstall_removes_everything(env):
     assert not os.path.exists(env.pin_dir)
 
 
+def test_uninstall_stops_a_running_daemon_first(env):
+    started(env)
+    pid = env.status()["pid"]
+    r = env.nfguard("uninstall", "--config", env.config, check=True)
+    assert f"stopping the running daemon (pid {pid})" in r.stdout
+    assert env.proc.wait(5) == 0  # stopped by uninstall, not by the test
+    env.proc = None
+    env.logf.close()
+    assert A.xdp_status("pbx1", netns=env.topo.pbx).prog_id == 0
+    assert not os.path.exists(env.pin_dir)
+
+
+def test_an_upgrade_across_a_map_layout_takes_over_without_a_gap(env):
+    """An older build whose binding value layout differs enforces with its
+    pinned maps. The new daemon does not reuse them: the old program keeps
+    enforcing (its maps retired) until the first full sync has filled the
+    new maps, then the new program replaces it and the old pins go."""
+    from nfguard.kernel.pins import RETIRED
+    from nfguard.kernel.program import Program
+
+    env.write_config()
+    env.pbx5060 = env.topo.udp(env.topo.pbx)
+    env.pbx5060.bind(("0.0.0.0", 5060))
+    old = Program(pin_dir=env.pin_dir, cflags=["-DNFG_TEST_BINDING_PAD=8"], count_all=False)
+    old.configure(mode="enforce")
+    old.add_binding(USER, REALM, PHONE)
+    for itf in ("pbx1", "pbx2"):
+        A.attach(itf, old.xdp_fn.fd, old.tc_fn.fd, netns=env.topo.pbx)
+    old.close()  # as the old daemon exits: attached and pinned
+    old_id = A.xdp_status("pbx1", netns=env.topo.pbx).prog_id
+    assert reaches(env, env.topo.phone, "old-phone")
+    assert not reaches(env, env.topo.attacker, "old-attacker")
+
+    env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1")]
+    env.esl.server.api_delay = 2.0  # a slow first sync: the old program meanwhile
+    env.start()
+    st = env.until(lambda s: True, what="the daemon's socket")
+    assert not st["synced"]
+    assert os.path.isdir(os.path.join(env.pin_dir, RETIRED))
+    assert A.xdp_status("pbx1", netns=env.topo.pbx).prog_id == old_id
+    assert reaches(env, env.topo.phone, "mid-phone")
+    assert not reaches(env, env.topo.attacker, "mid-attacker")
+
+    st = env.until(synced, timeout=30, what="the first sync")
+    new_id = A.xdp_status("pbx1", netns=env.topo.pbx).prog_id
+    assert new_id not in (0, old_id)
+    assert A.xdp_status("pbx2", netns=env.topo.pbx).prog_id == new_id
+    assert not os.path.exists(os.path.join(env.pin_dir, RETIRED))
+    assert st["kernel"]["mode"] == "enforce"
+    assert reaches(env, env.topo.phone, "new-phone")
+    assert not reaches(env, env.topo.attacker, "new-attacker")
+    assert "made by another nfguard build" in env.log.read_text()
+
+
 def test_systemd_notify_metrics_and_a_root_only_socket(env, tmp_path):
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify"))

@@ -69,11 +69,19 @@ def stop_daemon(sock: str) -> None:
         return
     deadline = time.monotonic() + STOP_WAIT
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _running(pid):
             return
         time.sleep(0.1)
     raise NfguardError(f"the daemon (pid {pid}) did not stop within {STOP_WAIT:.0f} s; "
                        "nothing was removed: stop it (systemctl stop nfguard), then run "
                        "nfguard uninstall again")
+
+
+def _running(pid: int) -> bool:
+    """Still running: a zombie has exited (its parent has yet to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
