@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from nfguard import consts
 from nfguard.verdict import Verdict

@@ -4,7 +4,7 @@ Every row is one named Ethernet frame, the state to set up before it
 (bindings, trusted networks, ports, config), and what the XDP program must
 decide for it: reason, action, would, and the (user, realm) it looked up
 where that applies. The expected values follow docs/classifier.md and, where
-that page is silent or unsafe, DESIGN.md §2 (such rows say so in `note`).
+that page is silent or unsafe, docs/design.md §2 (such rows say so in `note`).
 
 Frames are built with nfguard.packets plus a few hand-made headers for what
 the builders cannot express (odd line ends, folds, raw IPv4/IPv6 fields).

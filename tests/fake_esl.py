@@ -7,8 +7,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from nfguard.lab.fakeesl import (  # noqa: F401  (re-exported for the tests)
-    ACCEPTED, AUTH_REQUEST, BYE, DISCONNECT, INVALID, FakeEsl, Row, api_response,
-    profiles_xml, reg_xml, register_frame, reply)
+    ACCEPTED,
+    AUTH_REQUEST,
+    BYE,
+    DISCONNECT,
+    INVALID,
+    FakeEsl,
+    Row,
+    api_response,
+    profiles_xml,
+    reg_xml,
+    register_frame,
+    reply,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = FIXTURES / "freeswitch-real"

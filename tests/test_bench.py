@@ -9,10 +9,11 @@ import sys
 
 import pytest
 
-from conftest import need_kernel
-from nfguard.bench import xdp
 from nfguard import packets
+from nfguard.bench import xdp
 from nfguard.errors import NfguardError
+
+from conftest import need_kernel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = ["non_sip_udp", "register", "invite_no_auth", "invite_bound", "invite_foreign",

@@ -5,7 +5,7 @@ trusted networks, ports, config) and the verdict the program must give:
 reason, action, would, XDP return code, and the (user, realm) it looked up
 where that applies. Every row also checks that exactly the counter of its
 reason moved. The expectations follow docs/classifier.md; rows whose `note`
-starts with SPEC-UNSAFE expect what DESIGN.md §2 requires where the page
+starts with SPEC-UNSAFE expect what docs/design.md §2 requires where the page
 would let an INVITE with credentials reach FreeSWITCH unchecked.
 
 Rows marked program="small" run on a second load of the program built with

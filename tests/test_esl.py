@@ -8,14 +8,42 @@ import time
 
 import pytest
 
-from fake_esl import (ACCEPTED, AUTH_REQUEST, FIXTURES, REAL, FakeEsl, Row, event_frames,
-                      profiles_xml, reg_xml, split_frames)
-from nfguard.daemon.esl import (Backoff, EslAuthError, EslConnection, EslError, Endpoint, Frame,
-                         FramingError, read_frame, SUBSCRIBE)
-from nfguard.daemon.fsevents import (Registered, Unregistered, event_headers, follow,
-                              normalize_ip, parse_event, parse_profiles,
-                              parse_show_registrations, parse_xmlstatus_reg)
+from nfguard.daemon.esl import (
+    SUBSCRIBE,
+    Backoff,
+    Endpoint,
+    EslAuthError,
+    EslConnection,
+    EslError,
+    Frame,
+    FramingError,
+    read_frame,
+)
+from nfguard.daemon.fsevents import (
+    Registered,
+    Unregistered,
+    event_headers,
+    follow,
+    normalize_ip,
+    parse_event,
+    parse_profiles,
+    parse_show_registrations,
+    parse_xmlstatus_reg,
+)
 from nfguard.daemon.registry import Binding, Registry
+
+from fake_esl import (
+    ACCEPTED,
+    AUTH_REQUEST,
+    FIXTURES,
+    REAL,
+    FakeEsl,
+    Row,
+    event_frames,
+    profiles_xml,
+    reg_xml,
+    split_frames,
+)
 
 CAPTURES = sorted(p.name for p in REAL.glob("esl_*.bin"))
 SCENARIOS = sorted({n[len("esl_json_"):-4] for n in CAPTURES if n.startswith("esl_json_")})

@@ -20,10 +20,16 @@ import time
 
 import pytest
 
-from conftest import REQUIRE_KERNEL
 from nfguard.daemon.nftstate import (
-    COMMENT_MAX, TABLE, Element, NftError, NftState, element_comment,
+    COMMENT_MAX,
+    TABLE,
+    Element,
+    NftError,
+    NftState,
+    element_comment,
 )
+
+from conftest import REQUIRE_KERNEL
 
 pytestmark = pytest.mark.netns
 
@@ -224,7 +230,7 @@ def test_install_repairs_a_hand_deleted_set_and_extra_rules(ns):
 def test_install_over_a_foreign_definition_says_what_to_do(ns):
     sh("nft", "add table inet nfguard; add set inet nfguard bindings_v4 { type ipv4_addr; }",
        ns=ns)
-    with pytest.raises(NftError, match="File exists.*defined otherwise"):
+    with pytest.raises(NftError, match=r"File exists.*defined otherwise"):
         NftState(MARK).install([])
 
 

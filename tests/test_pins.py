@@ -8,10 +8,11 @@ import os
 import shutil
 
 import pytest
-from conftest import need_kernel
 
 from nfguard import packets as P
 from nfguard.kernel import pins
+
+from conftest import need_kernel
 
 INVITE = P.sip_request("INVITE", "1001", "pbx.example.com")
 OLD_BINDING_LAYOUT = ["-DNFG_TEST_BINDING_PAD=8", "-DNFG_LAYOUT_VERSION=0"]

@@ -1,4 +1,4 @@
-"""`nfguard bench sync`: the controller's two targets (DESIGN.md section 7).
+"""`nfguard bench sync`: the controller's two targets (docs/design.md section 7).
 
 - sync: 100,000 registrations resynced into the registry and applied to
   the bindings map (batch syscalls) and the nft sets (one batch), through
@@ -47,11 +47,11 @@ def _frame_bytes(i: int) -> bytes:
 
 
 def bench_sync(repeat: int, rounds: int, loads: int = 1) -> dict:
-    from nfguard.daemon.config import parse_config
     from nfguard.daemon.backend import KernelBackend
+    from nfguard.daemon.config import parse_config
     from nfguard.daemon.core import Daemon
-    from nfguard.kernel.host import require_bpf_runtime
     from nfguard.daemon.nftstate import NftState
+    from nfguard.kernel.host import require_bpf_runtime
     from nfguard.kernel.program import Program
 
     require_bpf_runtime("bench sync")

@@ -9,7 +9,7 @@ Targets (one function each in TARGETS; `xdp` is the default):
 
 - xdp: ns per packet of the XDP classifier under BPF_PROG_TEST_RUN with
   repeat, for a set of typical and worst-case frames, next to a bare XDP_PASS
-  program measured in the same run (DESIGN.md section 7: non-SIP UDP within
+  program measured in the same run (docs/design.md section 7: non-SIP UDP within
   1.2x of bare XDP_PASS; the worst-case 1,400-byte INVITE <= 500 ns).
 
 The process is pinned to one CPU while measuring and each figure is the best
@@ -30,8 +30,8 @@ import json
 import os
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from nfguard import packets
 from nfguard.bench.esl import bench_esl, print_esl
@@ -184,8 +184,8 @@ def bench_xdp(repeat: int, rounds: int, loads: int = DEFAULT_LOADS) -> dict:
     require_bpf_runtime("bench xdp")
     from bcc import BPF
 
-    from nfguard.kernel.program import Program
     from nfguard.kernel.libbpf import prog_test_run
+    from nfguard.kernel.program import Program
 
     # What is timed is the program as attached (count_all=False: traffic to
     # other ports is not counted); a twin that counts everything checks

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from nfguard.defaults import PIN_DIR
 from nfguard.errors import AttachError
 from nfguard.kernel.host import BPFFS, check_privileges, fstype_of
-from nfguard.defaults import PIN_DIR
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

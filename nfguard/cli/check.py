@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from nfguard.cli.common import add_arguments as _common_args
+from nfguard.cli.common import socket_path
 from nfguard.daemon import control
 from nfguard.daemon.check import check_with, parse_credential
-from nfguard.cli.common import add_arguments as _common_args, socket_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
         raise NfguardError("nfguard demo plays its phone and attacker with SIPp: "
                            "apt install sip-tester")
     from nfguard.cli.status import show
-    from nfguard.lab.world import ADDR, USER, Lab
     from nfguard.lab.pbx import REALM
+    from nfguard.lab.world import ADDR, USER, Lab
 
     def interrupted(signum, frame):
         raise KeyboardInterrupt

@@ -11,7 +11,6 @@ import argparse
 import sys
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interface", "-i", required=True, metavar="IF",
                         help="interface to take nfguard off")

@@ -7,8 +7,9 @@ import argparse
 import json
 import time
 
+from nfguard.cli.common import add_arguments as _common_args
+from nfguard.cli.common import socket_path
 from nfguard.daemon import control
-from nfguard.cli.common import add_arguments as _common_args, socket_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -105,10 +105,10 @@ def _rule_table(check: Checklist) -> None:
 
 
 def _round_trip(check: Checklist) -> None:
-    from nfguard.lab.world import ADDR, USER, Lab
-    from nfguard.packets import sip_request
     from nfguard.lab.fakeesl import register_frame
     from nfguard.lab.pbx import REALM
+    from nfguard.lab.world import ADDR, USER, Lab
+    from nfguard.packets import sip_request
 
     t0 = time.monotonic()
     with Lab(prefix="nfgself") as lab:

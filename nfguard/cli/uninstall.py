@@ -27,9 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nfguard.daemon.nftstate import NftState
     from nfguard.kernel import attach
     from nfguard.kernel.host import check_privileges
-    from nfguard.daemon.nftstate import NftState
 
     check_privileges("nfguard uninstall")
     try:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 from nfguard.daemon.nftstate import Element, NftState, element_comment
 from nfguard.daemon.registry import Binding, Diff
@@ -225,8 +226,8 @@ class KernelBackend:
     def attach(self, interfaces) -> None:
         """Attach to every interface; if one fails, take nfguard off the
         ones this call put it on (not those it merely replaced)."""
-        from nfguard.kernel import attach
         from nfguard.errors import AttachError
+        from nfguard.kernel import attach
 
         done = []
         try:
@@ -248,8 +249,8 @@ class KernelBackend:
             raise
 
     def detach(self, itf) -> None:
-        from nfguard.kernel import attach
         from nfguard.errors import AttachError
+        from nfguard.kernel import attach
 
         try:
             attach.detach(itf.name, netns=itf.netns)

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import socket
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from nfguard import defaults
 from nfguard.errors import NfguardError
@@ -99,7 +99,7 @@ def request(path: str, cmd: str, timeout: float = 10.0, **args) -> dict:
         while not data.endswith(b"\n"):
             try:
                 chunk = s.recv(1 << 16)
-            except socket.timeout:
+            except TimeoutError:
                 raise DaemonUnavailable(f"the daemon at {path} did not answer in "
                                         f"{timeout:g} s") from None
             if not chunk:

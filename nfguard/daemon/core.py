@@ -126,7 +126,7 @@ class Daemon:
         self.runners[endpoint.name] = (runner, task)
 
     async def unfollow(self, name: str) -> None:
-        runner, task = self.runners.pop(name)
+        _, task = self.runners.pop(name)
         task.cancel()
         try:
             await task

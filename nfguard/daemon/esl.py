@@ -28,8 +28,9 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 from nfguard.errors import NfguardError
 
@@ -133,12 +134,12 @@ class EslConnection:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(host, port, limit=MAX_HEADER_LINE), timeout)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             raise EslError(f"cannot connect to {host}:{port}: {e or 'timed out'}") from None
         conn = cls(reader, writer, on_event)
         try:
             await asyncio.wait_for(conn._authenticate(password), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             conn._abort("timed out")
             raise EslError(f"{host}:{port}: no answer to auth within {timeout:g} s") from None
         except BaseException:
@@ -213,7 +214,7 @@ class EslConnection:
                 self._abort(f"write failed: {e}")
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             # A reply may still come; the stream would then be out of step.
             self._abort(f"no reply to {text.split()[0]!r} within {timeout:g} s")
             raise EslError(f"no reply to {text.split()[0]!r} within {timeout:g} s") from None
@@ -379,7 +380,7 @@ class EndpointRunner:
             while True:
                 try:
                     await asyncio.wait_for(conn.closed.wait(), self.resync_interval)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     await self._resync(conn)
                     continue
                 raise EslError(f"connection lost: {conn.close_reason}")

@@ -55,7 +55,7 @@ async def serve_metrics(listen: str, daemon) -> asyncio.AbstractServer:
                 head = b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
             writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError, IndexError):
+        except (TimeoutError, ConnectionError, IndexError):
             pass
         finally:
             writer.close()

@@ -23,8 +23,9 @@ to an empty set gives `bindings()`.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 from nfguard.consts import REALM_MAX, USER_MAX
 from nfguard.daemon.fsevents import Registered, Registration, Snapshot, Unregistered, gc_paused

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import time
 
-from nfguard.kernel import attach
-from nfguard.errors import NfguardError
 from nfguard.daemon.nftstate import Element, element_comment
+from nfguard.errors import NfguardError
+from nfguard.kernel import attach
 
 
 def elements_of(bindings) -> dict[str, Element]:

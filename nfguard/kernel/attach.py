@@ -4,7 +4,7 @@ The XDP classifier goes on the interface itself (native, generic or auto:
 native when the driver supports it, generic otherwise); the TC program that
 turns the reject metadata into skb->mark goes on the clsact ingress hook as a
 direct-action bpf filter. All of it speaks netlink through pyroute2 (no `ip`
-or `tc` processes), and follows DESIGN.md:
+or `tc` processes), and follows docs/design.md:
 
 - another tool's XDP program is never replaced unless asked (replace=True):
   fresh attaches use XDP_FLAGS_UPDATE_IF_NOEXIST, so the kernel refuses even
@@ -173,7 +173,8 @@ def in_netns(netns: str | None):
     except FileNotFoundError:
         raise AttachError(f"network namespace {netns!r} not found ({path})") from None
     except PermissionError:
-        raise AttachError(f"permission denied opening network namespace {path}: run as root") from None
+        raise AttachError(
+            f"permission denied opening network namespace {path}: run as root") from None
     try:
         here = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -412,7 +413,8 @@ def _replace_xdp(ipr, index, ifname, netns, prog_fd, mode, replace,
                 f"{err}; putting the previous XDP program (id {cur_id}) back on "
                 f"{where} failed too: {e2.args[-1]}"
             ) from None
-        raise AttachError(f"{err}; the previous XDP program (id {cur_id}) is back in place") from None
+        raise AttachError(
+            f"{err}; the previous XDP program (id {cur_id}) is back in place") from None
     return want
 
 
@@ -618,7 +620,7 @@ def attach(
                     f"({name or 'unnamed'}, id {cur_id}, {cur_mode} mode); nfguard does not "
                     "replace other tools' programs: detach it first, or use --replace"
                 )
-        tc_new, qdisc_new = _attach_tc(ipr, index, ifname, netns, tc_fd, replace)
+        tc_new, _ = _attach_tc(ipr, index, ifname, netns, tc_fd, replace)
     try:
         return attach_xdp(ifname, xdp_fd, mode=mode, replace=replace, netns=netns)
     except BaseException:

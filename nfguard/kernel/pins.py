@@ -23,8 +23,8 @@ import re
 import shutil
 import struct
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from nfguard import consts
 from nfguard.errors import NfguardError
@@ -74,7 +74,7 @@ def expected(cflags: Iterable[str] = ()) -> tuple[int, dict[str, MapLayout]]:
     return _define(cflags, "NFG_LAYOUT_VERSION", consts.LAYOUT_VERSION), {
         "bindings": MapLayout(HASH, 8 + 16, binding_value, consts.BINDINGS_MAX),
         "trusted": MapLayout(LPM_TRIE, 4 + 16, 1, consts.TRUSTED_MAX),
-        "ports": MapLayout(ARRAY, 4, 8, 65536 // 64),
+        "ports": MapLayout(ARRAY, 4, 8, consts.PORT_WORDS),
         "config": MapLayout(ARRAY, 4, CONFIG_SIZE, 1),
         "counters": MapLayout(PERCPU_ARRAY, 4, 8, len(consts.REASONS)),
     }

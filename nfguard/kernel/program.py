@@ -16,15 +16,15 @@ import os
 import secrets
 import struct
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from nfguard import consts, policy
 from nfguard.errors import CompileError, NfguardError
-from nfguard.kernel.host import ensure_bpffs, require_bpf_runtime
 from nfguard.kernel import pins
-from nfguard.verdict import Verdict
+from nfguard.kernel.host import ensure_bpffs, require_bpf_runtime
 from nfguard.kernel.libbpf import map_ids_of_programs, obj_pin, pinned_map_id, prog_test_run
+from nfguard.verdict import Verdict
 
 NO_EXPIRY = (1 << 64) - 1
 XDP_DROP, XDP_PASS = 1, 2
@@ -92,7 +92,7 @@ _MASK64 = (1 << 64) - 1
 
 def cred_hash(seed: int, user: bytes, realm: bytes) -> int:
     """The credential hash of the bindings map key; the twin of copy_lower()
-    in bpf/nfguard.c: the 8-byte words holding bytes of the (lower-cased)
+    in bpf/nfguard_cred.h: the 8-byte words holding bytes of the (lower-cased)
     user, its length, then the same for the realm."""
     h = seed
 
@@ -283,7 +283,7 @@ class Program:
 
     def set_ports(self, ports: Iterable[int]) -> None:
         """Guard exactly these UDP destination ports (a bitmap in the map)."""
-        words = [0] * (65536 // 64)
+        words = [0] * consts.PORT_WORDS
         for p in policy.ports(ports):  # PolicyError (a ValueError) before any write
             words[p // 64] |= 1 << (p % 64)
         for i, w in enumerate(words):
@@ -292,7 +292,7 @@ class Program:
 
     def ports(self) -> list[int]:
         out = []
-        for i in range(65536 // 64):
+        for i in range(consts.PORT_WORDS):
             w = self._ports[ctypes.c_uint32(i)].value
             out.extend(i * 64 + b for b in range(64) if w >> b & 1)
         return out
@@ -318,7 +318,7 @@ class Program:
 
     def trusted(self) -> list[str]:
         out = []
-        for k in self._trusted.keys():
+        for k in self._trusted:
             raw = bytes(k.addr)
             if raw[:12] == _V4_MAPPED and k.prefixlen >= 96:
                 out.append(f"{addr_str(raw)}/{k.prefixlen - 96}")
@@ -401,7 +401,7 @@ class Program:
                 ctypes.memmove(keys[i].addr, addr_bytes(ip), 16)
             try:
                 self._bindings.items_delete_batch(keys)
-            except Exception:  # bcc raises bare Exception; one key already gone stops it
+            except Exception:  # noqa: BLE001 - bcc raises bare Exception; one key gone stops it
                 for user, realm, ip in gone:
                     self.remove_binding(user, realm, ip)
 

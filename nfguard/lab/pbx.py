@@ -27,8 +27,8 @@ import hashlib
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 REALM = "pbx.example.com"
 
@@ -51,7 +51,7 @@ _PARAM = re.compile(r'([A-Za-z-]+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 
 
 def digest_params(value: str) -> dict[str, str]:
-    scheme, _, rest = value.strip().partition(" ")
+    _, _, rest = value.strip().partition(" ")
     return {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
             for m in _PARAM.finditer(rest)}
 
