@@ -16,7 +16,7 @@ import ipaddress
 import time
 from collections.abc import Iterable
 
-from nfguard import consts
+from nfguard import consts, policy
 from nfguard.verdict import Verdict
 
 XDP_DROP, XDP_PASS = 1, 2
@@ -536,8 +536,7 @@ def classify_reason(frame: bytes, *, methods=("INVITE",), fragments="verdict",
     up, (user, realm) lower-cased bytes, or None."""
     if now_ns is None:
         now_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-    if fragments not in ("verdict", "pass"):
-        raise ValueError(f"fragments must be verdict or pass, not {fragments!r}")
+    fragments = policy.fragments(fragments)  # the config's check: a ValueError
     table = bindings if isinstance(bindings, dict) else binding_table(bindings)
     cfg = _Config(methods, fragments, scan_max, table, now_ns)
     try:
@@ -562,10 +561,7 @@ def classify(frame: bytes, *, mode: str = "enforce", action: str = "drop",
     bindings are (user, realm, ip, expires_ns) tuples (or a binding_table());
     now_ns is CLOCK_BOOTTIME (default: now); scan_max is the program's
     NFG_SCAN_MAX."""
-    if mode not in ("enforce", "monitor"):
-        raise ValueError(f"mode must be enforce or monitor, not {mode!r}")
-    if action not in ("drop", "reject"):
-        raise ValueError(f"action must be drop or reject, not {action!r}")
+    mode, action = policy.mode(mode), policy.action(action)  # the config's checks
     reason, key = classify_reason(frame, methods=methods, fragments=fragments, ports=ports,
                                   trusted=trusted, bindings=bindings, now_ns=now_ns,
                                   scan_max=scan_max)

@@ -41,7 +41,7 @@ from dataclasses import asdict
 
 from nfguard import __version__
 from nfguard.daemon import control
-from nfguard.daemon.backend import KernelBackend
+from nfguard.daemon.backend import KernelBackend, Loaded
 from nfguard.daemon.config import Config, ConfigError, load_config
 from nfguard.daemon.esl import Backoff, EndpointRunner
 from nfguard.daemon.fsevents import follow
@@ -74,7 +74,9 @@ class Daemon:
         self.notifier = Notifier()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._loaded = None
+        # what start_kernel() found; a backend set up by its caller (bench
+        # sync) counts as fresh
+        self._loaded = Loaded(fresh=True, mode="monitor")
 
     # -- start-up: check everything, then change things --------------------
     def start_kernel(self) -> None:
