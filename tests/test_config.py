@@ -60,6 +60,7 @@ def test_example_loads_with_the_documented_values():
     assert cfg.fragments == "verdict"
     assert (cfg.resync_interval, cfg.expiry_grace, cfg.degraded_grace, cfg.alert_interval) == \
         (300.0, 30.0, 300.0, 300.0)
+    assert cfg.first_sync_timeout == 120.0
     assert cfg.events_per_sec == 100
     assert cfg.reject_mark == 0x4E460001 == consts.DEFAULT_REJECT_MARK
     assert cfg.metrics_listen is None
@@ -97,6 +98,7 @@ def test_defaults():
     assert cfg.trusted == ()
     assert (cfg.resync_interval, cfg.expiry_grace, cfg.degraded_grace, cfg.alert_interval) == \
         (300.0, 30.0, 300.0, 300.0)
+    assert cfg.first_sync_timeout == 120.0
     assert cfg.events_per_sec == 100
     assert cfg.reject_mark == 0x4E460001
     assert cfg.metrics_listen is None
@@ -240,7 +242,7 @@ def test_accepted_values(data, attr, expected):
     (minimal(trusted=[""]), "trusted[0]", "must be a network such as 10.0.0.0/8"),
     # seconds
     *[(minimal(**{key: bad}), key, f"must be a number of seconds greater than 0, not {shown}")
-      for key in ("resync_interval", "alert_interval")
+      for key in ("resync_interval", "first_sync_timeout", "alert_interval")
       for bad, shown in ((0, "0"), (-1, "-1"), ("300", "'300'"), ("5m", "'5m'"),
                          (True, "true"), (math.inf, "inf"), (math.nan, "nan"))],
     *[(minimal(**{key: bad}), key, f"must be a number of seconds 0 or more, not {shown}")

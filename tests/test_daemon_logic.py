@@ -44,12 +44,17 @@ async def until(pred, what: str, timeout: float = 5.0):
 class World:
     """A running daemon on a recording backend, fed by a fake FreeSWITCH."""
 
-    def __init__(self, tmp_path, backend: RecordingBackend, table=(), **over):
+    def __init__(self, tmp_path, backend: RecordingBackend, table=(), extra_esl=(), **over):
+        """extra_esl: more endpoints after the fake FreeSWITCH's fs1."""
         self.tmp_path, self.backend, self.table, self.over = tmp_path, backend, table, over
+        self.extra_esl = list(extra_esl)
 
     async def __aenter__(self):
         self.esl = FakeEsl(table=list(self.table))
         port = await self.esl.start()
+        if self.extra_esl:
+            self.over["esl"] = [{"name": "fs1", "port": port, "password": "ClueCon"},
+                                *self.extra_esl]
         self.cfg = config(self.tmp_path, port, **self.over)
         self.daemon = Daemon(self.cfg, backend=self.backend)
         self.daemon.start_kernel()
@@ -224,4 +229,49 @@ def test_a_failing_sink_is_counted_and_the_next_sync_repairs_it(tmp_path):
             await until(lambda: w.daemon.stats["recording_errors"] == 1, "the error")
             assert PHONE_B not in backend.sink.held
             assert w.daemon.status()["drift"]["recording_missing"] == [str(PHONE_B)]
+    run(go())
+
+
+def _dead_port() -> int:
+    """A port on 127.0.0.1 where nothing listens: a node that never connects."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_first_sync_timeout_enforces_with_the_endpoints_that_synced(tmp_path):
+    async def go():
+        backend = RecordingBackend()
+        dead = _dead_port()
+        w = World(tmp_path, backend, table=[Row(USER, REALM, PHONE, 5060, "c1")],
+                  extra_esl=[{"name": "fs2", "port": dead, "password": "ClueCon"}],
+                  first_sync_timeout=0.6)
+        async with w:
+            t0 = time.monotonic()
+            await until(lambda: "fs1" in w.daemon.runners
+                        and w.daemon.runners["fs1"][0].last_sync is not None, "fs1's sync")
+            assert not w.daemon.synced and backend.kernel_mode == "monitor"
+            await w.synced()
+            assert time.monotonic() - t0 >= 0.3
+            assert backend.kernel_mode == "enforce"
+            assert set(backend.sink.held) == {PHONE_B}
+            st = w.daemon.status()
+            assert st["first_sync_partial"] and st["unsynced"] == ["fs2"]
+    run(go())
+
+
+def test_no_endpoint_synced_stays_in_monitor_past_the_timeout(tmp_path):
+    async def go():
+        backend = RecordingBackend()
+        dead = _dead_port()
+        w = World(tmp_path, backend, first_sync_timeout=0.2,
+                  esl=[{"name": "fs1", "port": dead, "password": "ClueCon"}])
+        async with w:
+            await asyncio.sleep(0.8)
+            assert not w.daemon.synced and backend.kernel_mode == "monitor"
+            assert w.daemon.status()["unsynced"] == ["fs1"]
     run(go())

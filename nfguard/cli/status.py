@@ -51,6 +51,10 @@ def show(st: dict) -> None:
     if st["daemon"] == "up":
         sync = ("done " + _ago(st["first_sync_at"]) if st["synced"] else
                 "waiting for the first full sync (monitor until then on a fresh start)")
+        if st.get("unsynced"):
+            sync += (f"; never synced: {', '.join(st['unsynced'])}"
+                     + (" (first_sync_timeout: enforcing without them)"
+                        if st.get("first_sync_partial") else ""))
         print(f"sync        {sync}")
         for e in st["esl"]:
             extra = f", last error: {e['last_error']}" if e["state"] != "up" else ""

@@ -64,6 +64,7 @@ class Config:
     resync_interval: float = 300.0
     expiry_grace: float = 30.0
     degraded_grace: float = 300.0
+    first_sync_timeout: float = 120.0
     alert_interval: float = 300.0
     events_per_sec: int = 100
     reject_mark: int = consts.DEFAULT_REJECT_MARK
@@ -74,7 +75,8 @@ class Config:
 
 
 TOP_KEYS = ("interfaces", "esl", "ports", "methods", "mode", "action", "trusted", "fragments",
-            "resync_interval", "expiry_grace", "degraded_grace", "alert_interval",
+            "resync_interval", "expiry_grace", "degraded_grace", "first_sync_timeout",
+            "alert_interval",
             "events_per_sec", "reject_mark", "metrics", "on_stop", "pin_dir", "socket")
 INTERFACE_KEYS = ("name", "xdp_mode", "netns")
 ESL_KEYS = ("name", "host", "port", "password", "password_file")
@@ -152,7 +154,8 @@ def parse_config(data, source: str = "config") -> Config:
     if "trusted" in top:
         kw["trusted"] = c.trusted(top["trusted"])
     for key, positive in (("resync_interval", True), ("expiry_grace", False),
-                          ("degraded_grace", False), ("alert_interval", True)):
+                          ("degraded_grace", False), ("first_sync_timeout", True),
+                          ("alert_interval", True)):
         if key in top:
             kw[key] = c.seconds(key, top[key], positive)
     if "events_per_sec" in top:

@@ -65,6 +65,8 @@ class Daemon:
         self.runners: dict[str, tuple[EndpointRunner, asyncio.Task]] = {}
         self.synced = False
         self.first_sync_at: float | None = None
+        self.first_sync_partial = False  # first_sync_timeout ran out
+        self._started_mono = time.monotonic()  # run() sets it again
         self.started = time.time()
         self._pending = Diff()
         self._alerted: dict[tuple[str, str, str], float] = {}
@@ -146,9 +148,25 @@ class Daemon:
             diff, self._pending = self._pending, Diff()
             if diff:
                 self.apply(diff)
-            if not self.synced and self.runners and all(
-                    r.last_sync is not None for r, _ in self.runners.values()):
-                self._first_sync()
+            if not self.synced and self.runners:
+                self._maybe_first_sync()
+
+    def _maybe_first_sync(self) -> None:
+        """Every endpoint has synced: the first full sync. Past
+        first_sync_timeout, the endpoints that have synced are enough (the
+        others join when they connect); none is never enough, since
+        enforcing without bindings would refuse every phone."""
+        waiting = sorted(name for name, (r, _) in self.runners.items() if r.last_sync is None)
+        if not waiting:
+            self._first_sync()
+            return
+        if (len(waiting) < len(self.runners)
+                and time.monotonic() - self._started_mono >= self.cfg.first_sync_timeout):
+            self.first_sync_partial = True
+            log.warning("first_sync_timeout (%.0f s): enforcing with the endpoints that "
+                        "synced; %s never did (their registrations are missing until they "
+                        "connect)", self.cfg.first_sync_timeout, ", ".join(waiting))
+            self._first_sync()
 
     def apply(self, diff: Diff) -> None:
         """One registry diff into every sink (the bindings map, the nft
@@ -323,6 +341,9 @@ class Daemon:
             "daemon": "up", "pid": os.getpid(), "version": __version__,
             "config": self.config_path, "uptime_s": round(now - self.started, 1),
             "synced": self.synced, "first_sync_at": self.first_sync_at,
+            "first_sync_partial": self.first_sync_partial,
+            "unsynced": sorted(name for name, (r, _) in self.runners.items()
+                               if r.last_sync is None),
             "esl": [{"name": r.endpoint.name, "host": r.endpoint.host, "port": r.endpoint.port,
                      "state": r.state, "last_sync": r.last_sync, "last_error": r.last_error,
                      "connects": r.connects, "events_applied": r.events_applied,
@@ -351,6 +372,7 @@ class Daemon:
             from nfguard.daemon.metrics import serve_metrics
             metrics = await serve_metrics(self.cfg.metrics_listen, self)
         self.backend.open_events(self._on_kernel_event)
+        self._started_mono = time.monotonic()
         for endpoint in self.cfg.esl:
             self.follow(endpoint)
         tasks = [loop.create_task(self.flush_forever()), loop.create_task(self._ticker())]
