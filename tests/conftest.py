@@ -5,6 +5,7 @@ which turns every such skip into a failure."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import pytest
@@ -62,6 +63,15 @@ def prog(program):
         program.remove_trusted(cidr)
     program.reset_counters()
     return program
+
+
+@pytest.fixture
+def pin_dir():
+    """A pin directory of this test's own on the host's bpffs, removed after."""
+    need_kernel()
+    path = f"/sys/fs/bpf/nfguard-test-{os.getpid()}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

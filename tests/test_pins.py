@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 
 import pytest
 
@@ -16,14 +15,6 @@ from conftest import need_kernel
 
 INVITE = P.sip_request("INVITE", "1001", "pbx.example.com")
 OLD_BINDING_LAYOUT = ["-DNFG_TEST_BINDING_PAD=8", "-DNFG_LAYOUT_VERSION=0"]
-
-
-@pytest.fixture
-def pin_dir():
-    need_kernel()
-    path = f"/sys/fs/bpf/nfguard-pins-test-{os.getpid()}"
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _layout_of(prog, name):

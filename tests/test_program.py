@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -127,14 +126,6 @@ def test_events_report_verdicts(prog):
     ev = got[0]
     assert (ev.src, ev.sport, ev.dport, ev.reason, ev.action, ev.user, ev.realm) == (
         "198.51.100.7", 40000, 5060, "not_bound", "drop", "1001", "pbx.example.com")
-
-
-@pytest.fixture
-def pin_dir():
-    need_kernel()
-    path = f"/sys/fs/bpf/nfguard-test-{os.getpid()}"
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_pinned_maps_survive_a_reload(pin_dir):
