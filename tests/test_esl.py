@@ -3,12 +3,15 @@ captures, and the client against the fake ESL server."""
 
 import asyncio
 import calendar
+import logging
 import random
 import time
 
 import pytest
 
+from nfguard.daemon import esl
 from nfguard.daemon.esl import (
+    REREAD_DELAY,
     SUBSCRIBE,
     Backoff,
     Endpoint,
@@ -42,6 +45,7 @@ from fake_esl import (
     event_frames,
     profiles_xml,
     reg_xml,
+    register_frame,
     split_frames,
 )
 
@@ -571,6 +575,84 @@ def test_periodic_resync():
             await h.until(lambda: h.bindings() == {"9@pbx 192.0.2.9"})
             assert h.runner.connects == 1
     run(main())
+
+
+def user_rereads(server: FakeEsl) -> list[str]:
+    return [c for c in server.commands if " user " in c and c.startswith("api sofia")]
+
+
+def test_a_lone_refresh_is_not_reread_but_a_replaced_row_is():
+    """Vanilla FreeSWITCH (multiple-registrations off): a REGISTER from a
+    new address replaces the user's row, and no event names the old one."""
+    async def main():
+        server = FakeEsl(table=rows(("1001", "192.0.2.1")))
+        async with Harness(server) as h:
+            await h.until(lambda: h.runner.state == "up")
+            await server.push(register_frame("1001", "pbx", "192.0.2.1", call_id="1001-192.0.2.1"))
+            await h.until(lambda: h.runner.events_applied == 1)
+            await asyncio.sleep(REREAD_DELAY + 0.2)
+            assert user_rereads(server) == []  # the event said everything
+            server.table = rows(("1001", "192.0.2.2"))  # what FreeSWITCH did
+            t0 = time.monotonic()
+            await server.push(register_frame("1001", "pbx", "192.0.2.2", call_id="1001-192.0.2.2"))
+            await h.until(lambda: "1001@pbx 192.0.2.2" in h.bindings())
+            assert "1001@pbx 192.0.2.1" in h.bindings()  # until FreeSWITCH says
+            await h.until(lambda: h.bindings() == {"1001@pbx 192.0.2.2"})
+            lag = time.monotonic() - t0
+            assert REREAD_DELAY <= lag < 1.0, lag
+            assert user_rereads(server) == ["api sofia xmlstatus profile internal user 1001@pbx"]
+            assert h.runner.rereads == 1
+    run(main())
+
+
+def test_a_burst_of_events_for_one_user_is_read_once():
+    async def main():
+        server = FakeEsl(table=rows(("1001", "192.0.2.1")))
+        async with Harness(server) as h:
+            await h.until(lambda: h.runner.state == "up")
+            server.table = rows(("1001", "192.0.2.99"))
+            await server.push(*[register_frame("1001", "pbx", f"192.0.2.{i}",
+                                               call_id=f"1001-192.0.2.{i}")
+                                for i in range(2, 100)])
+            await h.until(lambda: h.runner.events_applied == 98)
+            await h.until(lambda: h.bindings() == {"1001@pbx 192.0.2.99"}, timeout=2)
+            await asyncio.sleep(2 * REREAD_DELAY)
+            assert len(user_rereads(server)) == 1
+    run(main())
+
+
+def test_a_user_that_cannot_be_asked_for_alone_gives_a_full_resync():
+    async def main():
+        server = FakeEsl(table=[Row("a b", "pbx", "192.0.2.1", 5060, "c1")])
+        async with Harness(server) as h:
+            await h.until(lambda: h.runner.state == "up")
+            server.table = [Row("a b", "pbx", "192.0.2.2", 5060, "c2")]
+            await server.push(register_frame("a b", "pbx", "192.0.2.2", call_id="c2"))
+            await h.until(lambda: h.bindings() == {"a b@pbx 192.0.2.2"}, timeout=3)
+            assert user_rereads(server) == [] and h.runner.reread_fallbacks == 1
+    run(main())
+
+
+def test_drift_counts_what_a_resync_found_that_no_event_said(monkeypatch, caplog):
+    monkeypatch.setattr(esl, "DRIFT_WINDOW", 0.3)
+    caplog.set_level(logging.WARNING, "nfguard.esl")
+
+    async def main():
+        server = FakeEsl(table=rows(("1", "192.0.2.1"), ("2", "192.0.2.2")))
+        async with Harness(server, resync_interval=0.5) as h:
+            await h.until(lambda: h.runner.state == "up")
+            # 3 registers with its event; 2 goes and 4 comes silently
+            server.table = rows(("1", "192.0.2.1"), ("3", "192.0.2.3"), ("4", "192.0.2.4"))
+            await server.push(register_frame("3", "pbx", "192.0.2.3", call_id="3-192.0.2.3"))
+            await h.until(lambda: h.runner.drift["resyncs"] == 1, timeout=3)
+            await asyncio.sleep(1.2)  # more resyncs: nothing new missed
+            return h.runner.drift
+    drift = run(main())
+    assert (drift["resyncs"], drift["added"], drift["removed"]) == (1, 1, 1)
+    assert {(i["binding"], i["change"]) for i in drift["last"]} == {
+        ("4@pbx 192.0.2.4", "added"), ("2@pbx 192.0.2.2", "removed")}
+    assert "add 1 and remove 1 binding(s) that the events missed: +4@pbx 192.0.2.4, " \
+        "-2@pbx 192.0.2.2" in caplog.text
 
 
 def test_fallback_to_show_registrations_when_sofia_does_not_answer_xml():

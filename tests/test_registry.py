@@ -1,5 +1,7 @@
 """The registry: rows, bindings, diffs (pure logic)."""
 
+import dataclasses
+
 import pytest
 
 from nfguard.daemon.fsevents import Registered, Registration, Snapshot, Unregistered
@@ -79,9 +81,11 @@ def test_one_binding_held_by_two_rows_stays_until_the_last_goes():
     r.apply("fs1", Registered(reg(call_id="a", contact="<sip:a>", expires=T0 + 100)), T0)
     d = r.apply("fs1", Registered(reg(call_id="b", contact="<sip:b>", expires=T0 + 200)), T0)
     assert d.added == {b(): T0 + 200}
-    d = r.apply("fs1", Unregistered("internal", "b", "<sip:b>", "1001", "x", "unregister"), T0)
+    d = r.apply("fs1", Unregistered("internal", "b", "<sip:b>", "1001", "pbx.example.com",
+                                    "unregister"), T0)
     assert d.added == {b(): T0 + 100} and not d.removed  # expiry falls back to row a's
-    d = r.apply("fs1", Unregistered("internal", "a", "<sip:a>", "1001", "x", "unregister"), T0)
+    d = r.apply("fs1", Unregistered("internal", "a", "<sip:a>", "1001", "pbx.example.com",
+                                    "unregister"), T0)
     assert d.removed == {b()}
     assert r.bindings() == {}
 
@@ -91,7 +95,7 @@ def test_socket_close_unregister_removes_the_rows_of_its_call_id_and_user():
     r.apply("fs1", Registered(reg(user="1004", ip="192.0.2.4", call_id="ws1")), T0)
     r.apply("fs1", Registered(reg(user="1004", ip="192.0.2.5", call_id="ws2")), T0)
     r.apply("fs1", Registered(reg(user="1005", ip="192.0.2.6", call_id="ws1")), T0)
-    d = r.apply("fs1", Unregistered("internal", "ws1", None, "1004", "example.com",
+    d = r.apply("fs1", Unregistered("internal", "ws1", None, "1004", "pbx.example.com",
                                     "socket-disconnection"), T0)
     assert d.removed == {b("1004", ip="192.0.2.4")}
     assert set(r.bindings()) == {b("1004", ip="192.0.2.5"), b("1005", ip="192.0.2.6")}
@@ -218,10 +222,10 @@ def test_diffs_replayed_in_order_give_the_bindings():
                                                       node=node, expires=now + rng.randrange(60))),
                                  now))
         elif op < 0.7:
-            diffs.append(r.apply(node, Unregistered("internal", call, contact, user, "x",
-                                                    "unregister"), now))
+            diffs.append(r.apply(node, Unregistered("internal", call, contact, user,
+                                                    "pbx.example.com", "unregister"), now))
         elif op < 0.75:
-            diffs.append(r.apply(node, Unregistered("internal", call, None, user, "x",
+            diffs.append(r.apply(node, Unregistered("internal", call, None, user, "pbx.example.com",
                                                     "socket-disconnection"), now))
         elif op < 0.9:
             diffs.append(r.expire(now))
@@ -247,3 +251,216 @@ def test_diff_then_combines_in_order():
 def test_apply_refuses_what_is_not_an_event():
     with pytest.raises(TypeError):
         Registry().apply("fs1", object(), T0)
+
+
+# -- every registration mode: what an event says, and what it asks ------------
+def unreg(r: Registration, why="unregister", contact=None):
+    return Unregistered(r.profile, r.call_id, r.contact if contact is None else contact,
+                        r.user, r.realm, why)
+
+
+def test_refresh_of_a_lone_row_is_exact_in_every_mode():
+    r = Registry()
+    one = reg(call_id="c1")
+    assert not r.apply("fs1", Registered(one), T0).reread
+    d = r.apply("fs1", Registered(reg(call_id="c1", ip="192.0.2.10", expires=T0 + 900)), T0)
+    assert not d.reread and d.added
+    assert not r.apply("fs1", Registered(reg("1002", call_id="c2")), T0).reread  # another user
+    assert not r.apply("fs1", unreg(one), T0).reread
+    assert set(r.bindings()) == {b("1002")}
+
+
+def test_a_second_row_of_the_owner_asks_for_a_reread_and_replace_settles_it():
+    """Vanilla (off) mode: a REGISTER from a new address replaces the
+    owner's row without an event for the old one."""
+    r = Registry(grace=0)
+    old = reg(ip="192.0.2.10", call_id="c1")
+    new = reg(ip="192.0.2.11", call_id="c2")
+    r.apply("fs1", Registered(old), T0)
+    d = r.apply("fs1", Registered(new), T0)
+    assert d.reread == {("internal", "1001", "pbx.example.com")}
+    assert set(d.added) == {b(ip="192.0.2.11")}  # the new address at once
+    assert set(r.bindings()) == {b(ip="192.0.2.10"), b(ip="192.0.2.11")}
+    # FreeSWITCH answers with the new row alone
+    d = r.replace("fs1", new.owner, [new], T0)
+    assert d.removed == {b(ip="192.0.2.10")} and not d.added
+    assert set(r.bindings()) == {b(ip="192.0.2.11")}
+    # contact mode would have kept both: the same answer settles that too
+    r.apply("fs1", Registered(old), T0)
+    assert not r.replace("fs1", old.owner, [old, new], T0)
+
+
+def test_wildcard_or_foreign_contact_unregister_asks_for_a_reread():
+    r = Registry()
+    one = reg(call_id="c1")
+    r.apply("fs1", Registered(one), T0)
+    # what 1.10.12 sends for Contact: *
+    d = r.apply("fs1", unreg(one, contact='"" <sip:(null)@(null)>'), T0)
+    assert d.reread == {one.owner} and not d.removed
+    assert not r.replace("fs1", one.owner, [one], T0)  # contact mode: nothing went
+    assert r.replace("fs1", one.owner, [], T0).removed == {b()}  # off mode: all went
+
+
+def test_expiry_is_exact_even_beside_other_rows():
+    r = Registry()
+    stale, current = reg(ip="192.0.2.10", call_id="c1"), reg(ip="192.0.2.11", call_id="c1")
+    r.apply("fs1", Registered(stale), T0)
+    r.apply("fs1", Registered(current), T0)
+    d = r.apply("fs1", unreg(stale, why="expire"), T0)
+    assert not d.reread and d.removed == {b(ip="192.0.2.10")}
+
+
+def test_call_id_or_contact_shared_by_another_owner_rereads_both_owners():
+    """A phone with two lines and one Call-ID (RFC 3261 recommends it):
+    in call-id mode the second line's REGISTER deletes the first's row."""
+    r = Registry()
+    line1 = reg("1001", call_id="boot-1", contact="<sip:phone@192.0.2.10>")
+    line2 = reg("1002", call_id="boot-1", contact="<sip:phone@192.0.2.10:5062>")
+    r.apply("fs1", Registered(line1), T0)
+    assert r.apply("fs1", Registered(line2), T0).reread == {line1.owner, line2.owner}
+    # one contact for two tenants' 1001: contact mode deletes the other
+    t1 = reg("1001", "a.example", call_id="x1", contact="<sip:1001@192.0.2.20>")
+    t2 = reg("1001", "b.example", call_id="x2", contact="<sip:1001@192.0.2.20>")
+    r.apply("fs1", Registered(t1), T0)
+    assert r.apply("fs1", Registered(t2), T0).reread == {t1.owner, t2.owner}
+    # on another profile or node nothing is shared
+    assert not r.apply("fs1", Registered(reg("1001", "a.example", call_id="x1", profile="ext",
+                                             contact="<sip:1001@192.0.2.20>")), T0).reread
+    assert not r.apply("fs2", Registered(reg("1001", "a.example", call_id="x1", node="fs2",
+                                             contact="<sip:1001@192.0.2.20>")), T0).reread
+
+
+def test_two_owners_with_one_call_id_and_contact_are_two_rows():
+    r = Registry(grace=0)
+    a = reg("1001", "a.example", call_id="c", contact="<sip:x>")
+    bb = reg("1001", "b.example", call_id="c", contact="<sip:x>")
+    r.apply("fs1", Registered(a), T0)
+    r.apply("fs1", Registered(bb), T0)
+    assert len(r.rows()) == 2
+    r.replace("fs1", a.owner, [], T0)
+    assert r.rows() == [bb]
+
+
+def test_owner_is_freeswitchs_sip_user_and_host_not_the_credentials():
+    """A REGISTER's To user (the owner) and its digest user may differ."""
+    r = Registry()
+    x = dataclasses.replace(reg("auth1", call_id="c1"), reg_user="1001")
+    assert x.owner == ("internal", "1001", "pbx.example.com")
+    r.apply("fs1", Registered(x), T0)
+    assert r.owner_rows("fs1", x.owner) == [x]
+    assert set(r.bindings()) == {b("auth1")}  # the kernel binds the credentials
+    assert r.replace("fs1", x.owner, [], T0).removed == {b("auth1")}
+
+
+def test_socket_close_with_two_rows_of_its_call_id_asks_for_a_reread():
+    r = Registry()
+    one, two = reg(ip="192.0.2.10", call_id="ws"), reg(ip="192.0.2.11", call_id="ws")
+    r.apply("fs1", Registered(one), T0)
+    r.apply("fs1", Registered(two), T0)
+    d = r.apply("fs1", Unregistered("internal", "ws", None, "1001", "pbx.example.com",
+                                    "socket-disconnection"), T0)
+    assert d.reread == {one.owner}  # FreeSWITCH deleted the one at the socket's address
+
+
+def test_resync_names_what_appeared_from_the_second_resync_on():
+    r = Registry(grace=0)
+    d = r.resync("fs1", [reg("1")], T0)
+    assert not d.appeared  # the first full sync is no drift
+    r.apply("fs1", Registered(reg("2")), T0)
+    d = r.resync("fs1", [reg("1", expires=T0 + 900), reg("2"), reg("3")], T0)
+    assert d.appeared == {b("3")}  # 1 only moved; 2 came by its event
+    assert r.resync("fs1", [reg("1", expires=T0 + 900)], T0).removed == {b("2"), b("3")}
+
+
+# A model of FreeSWITCH 1.10.12's sip_registrations (sofia_reg.c,
+# sofia_reg_handle_register_token) in each mode, its deferred deletes done.
+# An event with no re-read asked must leave the registry equal to it;
+# with the owners asked for re-read, always.
+class FreeSwitchModel:
+    def __init__(self, mode):
+        self.mode, self.rows, self.clock = mode, [], 0
+
+    def register(self, user, host, call_id, contact, ip, qop=True, expires=300):
+        self.clock += 1  # each REGISTER in another second: no equal expiries
+        exp = self.clock + expires
+        mode, rows = self.mode, self.rows
+        same = [r for r in rows if r["owner"] == (user, host) and r["contact"] == contact]
+        if mode is None or not qop:
+            gone = (lambda r: r["owner"] == (user, host)) if mode is None else \
+                (lambda r: r["owner"] == (user, host) and r["contact"] == contact) \
+                if mode == "contact" else (lambda r: r["call_id"] == call_id)
+            rows[:] = [r for r in rows if not gone(r)]
+            same = []
+        for r in same:  # the update path
+            r.update(call_id=call_id, ip=ip, expires=exp)
+        if not same:
+            rows.append({"owner": (user, host), "call_id": call_id, "contact": contact,
+                         "ip": ip, "expires": exp})
+        if mode == "contact":  # deferred: this contact's other rows, any owner
+            rows[:] = [r for r in rows if r["contact"] != contact or r["expires"] == exp]
+        elif mode == "call-id":
+            rows[:] = [r for r in rows if r["call_id"] != call_id or r["expires"] == exp]
+        return Registered(self.reg(user, host, call_id, contact, ip, exp))
+
+    def unregister(self, user, host, call_id, contact, ip):
+        gone = {None: lambda r: r["owner"] == (user, host),
+                "contact": lambda r: r["owner"] == (user, host) and r["contact"] == contact,
+                "call-id": lambda r: r["call_id"] == call_id}[self.mode]
+        self.rows[:] = [r for r in self.rows if not gone(r)]
+        return Unregistered("internal", call_id, contact, user, host, "unregister")
+
+    def expire(self, row):
+        # the sweep deletes every row whose time has come: the update path's
+        # duplicates (one owner, contact and Call-ID) share their expiry
+        self.rows[:] = [r for r in self.rows if r != row]
+        u, h = row["owner"]
+        return Unregistered("internal", row["call_id"], row["contact"], u, h, "expire")
+
+    def reg(self, user, host, call_id, contact, ip, exp):
+        return Registration(user, host, ip, 5060, T0 + exp, "internal", contact, call_id, "fs1")
+
+    def owner_rows(self, owner):
+        return [self.reg(*r["owner"], r["call_id"], r["contact"], r["ip"], r["expires"])
+                for r in self.rows if ("internal",) + r["owner"] == owner]
+
+    def table(self):
+        return {(r["owner"], r["call_id"], r["contact"], r["ip"]) for r in self.rows}
+
+
+def registry_table(r: Registry):
+    return {((x.user, x.realm), x.call_id, x.contact, x.ip) for x in r.rows()}
+
+
+@pytest.mark.parametrize("mode", [None, "contact", "call-id"])
+def test_the_registry_follows_freeswitch_in_every_mode(mode):
+    import random
+    rng = random.Random(11)
+    fs, r = FreeSwitchModel(mode), Registry(grace=0)
+    owners = [("1001", "a.test"), ("1002", "a.test"), ("1001", "b.test")]
+    exact = asked = 0
+    for _ in range(3000):
+        user, host = rng.choice(owners)
+        ip = rng.choice(["192.0.2.1", "192.0.2.2", "192.0.2.3"])
+        # a phone's contact is its address; some use one Call-ID for all lines
+        contact = f"<sip:{user}@{ip}>" if rng.random() < 0.8 else f"<sip:dev@{ip}>"
+        call_id = rng.choice([f"{user}-{ip}", f"boot-{ip}", f"c{rng.randrange(3)}"])
+        op = rng.random()
+        if op < 0.6:
+            ev = fs.register(user, host, call_id, contact, ip, qop=rng.random() < 0.8)
+        elif op < 0.85:
+            if rng.random() < 0.2:
+                contact = '"" <sip:(null)@(null)>'  # Contact: *
+            ev = fs.unregister(user, host, call_id, contact, ip)
+        elif fs.rows:
+            ev = fs.expire(rng.choice(fs.rows))
+        else:
+            continue
+        d = r.apply("fs1", ev, T0)
+        if not d.reread:
+            exact += 1
+            assert registry_table(r) == fs.table(), (mode, ev)
+        asked += bool(d.reread)
+        for owner in d.reread:
+            r.replace("fs1", owner, fs.owner_rows(owner), T0)
+        assert registry_table(r) == fs.table(), (mode, ev)
+    assert exact > 300 and asked > 300  # both paths were taken, many times

@@ -42,6 +42,16 @@ def _ago(t) -> str:
     return "never" if not t else f"{time.time() - t:.0f} s ago"
 
 
+def freeswitch_drift_line(fs: dict) -> str:
+    """What resyncs had to fix because the event stream missed it."""
+    if not (fs["added"] or fs["removed"]):
+        return "none (every resync found what the events had said)"
+    last = ", ".join(("+" if i["change"] == "added" else "-") + i["binding"]
+                     for i in fs["last"][:5])
+    return (f"{fs['added']} added, {fs['removed']} removed in {fs['resyncs']} resync(s), "
+            f"last {_ago(fs['last_at'])}: {last}")
+
+
 def show(st: dict) -> None:
     k = st["kernel"]
     print(f"daemon      {st['daemon']}" + (f" (pid {st['pid']}, up {st['uptime_s']:.0f} s)"
@@ -79,6 +89,9 @@ def show(st: dict) -> None:
         print(f"drift       {json.dumps({**issues, **({'nft': nft} if nft else {})})}")
     else:
         print("drift       none")
+    fs = st.get("freeswitch_drift")
+    if fs is not None:
+        print("drift FS    " + freeswitch_drift_line(fs))
     if st["nft"].get("rejected"):
         print(f"rejected    {st['nft']['rejected']['packets']} packets (nft reject rule)")
     if st["counters"]:

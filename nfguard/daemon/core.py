@@ -348,6 +348,7 @@ class Daemon:
                      "state": r.state, "last_sync": r.last_sync, "last_error": r.last_error,
                      "connects": r.connects, "events_applied": r.events_applied,
                      "events_skipped": r.events_skipped,
+                     "rereads": r.rereads, "reread_fallbacks": r.reread_fallbacks,
                      "degraded_since": self.registry.down_since.get(r.endpoint.name)}
                     for r, _ in self.runners.values()],
             "rejected_registrations": [
@@ -356,7 +357,21 @@ class Daemon:
             "recent_events": list(self.recent_events)[-20:],
             "stats": dict(self.stats),
         })
+        # beside "drift" (nfguard's own copies): FreeSWITCH against its events
+        st["freeswitch_drift"] = self._freeswitch_drift()
         return st
+
+    def _freeswitch_drift(self) -> dict:
+        """What resyncs found that the event stream had missed, over every
+        endpoint (each runner logs its own when it happens)."""
+        runners = [r for r, _ in self.runners.values()]
+        last = sorted(({**item, "node": r.endpoint.name} for r in runners
+                       for item in r.drift["last"]), key=lambda i: -i["time"])
+        return {key: sum(r.drift[key] for r in runners)
+                for key in ("resyncs", "added", "removed")} | {
+            "last_at": max((r.drift["last_at"] for r in runners if r.drift["last_at"]),
+                           default=None),
+            "last": last[:10]}
 
     # -- the whole run ---------------------------------------------------------
     async def run(self) -> int:

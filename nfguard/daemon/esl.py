@@ -273,7 +273,49 @@ class Sink(Protocol):
 
     def apply(self, node: str, event, now: float): ...
 
+    def replace(self, node: str, owner, rows, now: float): ...
+
     def node_down(self, node: str, now: float): ...
+
+
+# Re-reading one owner's rows (fsevents.read_owner): not before this many
+# seconds after its last event, so that FreeSWITCH's deferred SQL (its
+# queue waits up to about 0.2 s, measured up to 0.3 s) has run and a burst
+# of events for one owner is read once; never later than twice that after
+# the first.
+REREAD_DELAY = 0.4
+REREAD_BATCH = 64  # owners asked for at once (pipelined on the connection)
+REREAD_BACKLOG = 5000  # beyond this many waiting owners, one full resync instead
+# Drift: a binding a resync had to add or remove counts only when no event
+# or re-read named its credentials within this many seconds either side
+# (events race the snapshot: FreeSWITCH may send an event after the answer
+# of the api command that already shows its row).
+DRIFT_WINDOW = 2.0
+DRIFT_LAST = 20  # bindings kept for status
+
+
+REREAD_FALLBACK_INTERVAL = 5.0  # seconds between such full resyncs, at least
+
+
+def _lower(text: str) -> str:
+    """ASCII letters lower-cased only, as registry.kernel_case and the
+    kernel do (no import: registry imports this module's Frame)."""
+    return text.lower() if text.isascii() else text.encode("utf-8").lower().decode("utf-8")
+
+
+def _cred(user: str, realm: str) -> tuple[str, str]:
+    return (_lower(user), _lower(realm))
+
+
+def _event_creds(event) -> list[tuple[str, str]]:
+    """The credentials an event may concern: its user and realm, and its
+    owner (FreeSWITCH's sip_user and sip_host)."""
+    reg = getattr(event, "reg", event)
+    creds = [_cred(reg.user, reg.realm)]
+    owner = getattr(reg, "owner", None)
+    if owner:
+        creds.append(_cred(owner[1], owner[2]))
+    return creds
 
 
 @dataclass
@@ -304,17 +346,31 @@ class EndpointRunner:
 
     `snapshot(conn)` reads the full registration table (see
     fsevents.read_snapshot); `parse(frame)` turns an event frame into a
-    registry event or None. Both are parameters so that this module stays
-    about the socket only."""
+    registry event or None; `reread(conn, owner)` reads one owner's rows
+    (fsevents.read_owner), or None when it cannot. All are parameters so
+    that this module stays about the socket only.
 
-    def __init__(self, endpoint: Endpoint, sink: Sink, *, snapshot, parse,
+    Re-reads: where the sink says an event could not tell everything it
+    changed (Diff.reread), the owners named are read again after
+    `reread_delay`, coalesced per owner, up to REREAD_BATCH at once, never
+    during a resync. An owner that cannot be read, or a backlog beyond
+    REREAD_BACKLOG, makes it one full resync instead.
+
+    Drift: from the second resync on, the bindings a resync added or
+    removed that no event or re-read named around it are counted in
+    `drift` and logged: the event stream missed them."""
+
+    def __init__(self, endpoint: Endpoint, sink: Sink, *, snapshot, parse, reread=None,
                  on_change: Callable[[object], None] | None = None,
                  backoff: Backoff | None = None, resync_interval: float | None = None,
-                 timeout: float = 5.0, clock: Callable[[], float] = time.time):
+                 timeout: float = 5.0, clock: Callable[[], float] = time.time,
+                 reread_delay: float = REREAD_DELAY):
         self.endpoint = endpoint
         self.sink = sink
         self._snapshot = snapshot
         self._parse = parse
+        self._reread = reread
+        self.reread_delay = reread_delay
         self._on_change = on_change or (lambda diff: None)
         self.backoff = backoff or Backoff()
         self.resync_interval = resync_interval
@@ -327,6 +383,17 @@ class EndpointRunner:
         self.events_applied = 0
         self.events_skipped = 0
         self._held: list[Frame] | None = []  # None: apply at once
+        # owner -> (first asked, due), monotonic seconds
+        self._pending: dict[tuple, tuple[float, float]] = {}
+        self._pending_wake = asyncio.Event()
+        self._api_lock = asyncio.Lock()  # a resync and a re-read batch never overlap
+        self._full_resync_wanted = False
+        self.rereads = 0  # owners read again
+        self.reread_fallbacks = 0  # full resyncs instead of re-reads
+        self._last_fallback = -REREAD_FALLBACK_INTERVAL
+        self._recent: dict[tuple[str, str], float] = {}  # credentials -> last named
+        self._recent_limit = 4096
+        self.drift = {"resyncs": 0, "added": 0, "removed": 0, "last_at": None, "last": []}
 
     def _deliver(self, diff) -> None:
         if diff:  # an empty diff changes nothing downstream
@@ -354,6 +421,7 @@ class EndpointRunner:
         was = self.state
         self.state = "down"
         self.last_error = why
+        self._pending.clear()  # the resync after the reconnect reads everything
         if was != "down":
             log.log(level, "ESL %s: %s", self.endpoint.name, why)
         self._deliver(self.sink.node_down(self.endpoint.name, self.clock()))
@@ -370,6 +438,7 @@ class EndpointRunner:
         self._held = []
         conn = await EslConnection.open(ep.host, ep.port, ep.read_password(),
                                         on_event=self._on_frame, timeout=self.timeout)
+        rereads = None
         try:
             self.connects += 1
             await conn.command(SUBSCRIBE, timeout=self.timeout)
@@ -377,6 +446,8 @@ class EndpointRunner:
             self.state = "up"
             self.backoff.reset()
             log.info("ESL %s: connected to %s:%d and in sync", ep.name, ep.host, ep.port)
+            if self._reread is not None:
+                rereads = asyncio.get_running_loop().create_task(self._reread_loop(conn))
             while True:
                 try:
                     await asyncio.wait_for(conn.closed.wait(), self.resync_interval)
@@ -385,19 +456,125 @@ class EndpointRunner:
                     continue
                 raise EslError(f"connection lost: {conn.close_reason}")
         finally:
+            if rereads is not None:
+                rereads.cancel()
+                try:
+                    await rereads
+                except (asyncio.CancelledError, EslError):
+                    pass
             await conn.close()
 
     async def _resync(self, conn: EslConnection) -> None:
-        self.state = "syncing"
-        if self._held is None:
-            self._held = []
-        snapshot = await self._snapshot(conn)
-        self._deliver(self.sink.resync(self.endpoint.name, snapshot, self.clock()))
-        self.last_sync = self.clock()
-        held, self._held = self._held, None
-        for frame in held:
-            self._apply(frame)
-        self.state = "up"
+        async with self._api_lock:
+            self.state = "syncing"
+            if self._held is None:
+                self._held = []
+            first = self.last_sync is None
+            started = time.monotonic()
+            snapshot = await self._snapshot(conn)
+            diff = self.sink.resync(self.endpoint.name, snapshot, self.clock())
+            self._deliver(diff)
+            self.last_sync = self.clock()
+            held, self._held = self._held, None
+            for frame in held:
+                self._apply(frame)
+            self.state = "up"
+        if not first and (getattr(diff, "appeared", None) or getattr(diff, "removed", None)):
+            self._suspect_drift(diff, started)
+
+    # -- drift ------------------------------------------------------------------
+    def _suspect_drift(self, diff, started: float) -> None:
+        """A resync added or removed bindings: those no event or re-read
+        named from DRIFT_WINDOW before it are drift unless one names them
+        in the DRIFT_WINDOW after it (see the class docstring)."""
+        since = started - DRIFT_WINDOW
+        recent = self._recent
+        pending = {_cred(o[1], o[2]) for o in self._pending}
+
+        def missed(bs):
+            return {b for b in bs if recent.get((b.user, b.realm), -1.0) < since
+                    and (b.user, b.realm) not in pending}
+        added, removed = missed(diff.appeared), missed(diff.removed)
+        if added or removed:
+            asyncio.get_running_loop().call_later(
+                DRIFT_WINDOW, self._confirm_drift, added, removed, time.monotonic())
+
+    def _confirm_drift(self, added: set, removed: set, ended: float) -> None:
+        recent = self._recent
+
+        def quiet(bs):
+            return sorted(str(b) for b in bs if recent.get((b.user, b.realm), -1.0) < ended)
+        added, removed = quiet(added), quiet(removed)
+        if not (added or removed):
+            return
+        d = self.drift
+        d["resyncs"] += 1
+        d["added"] += len(added)
+        d["removed"] += len(removed)
+        d["last_at"] = self.clock()
+        now = d["last_at"]
+        d["last"] = ([{"binding": b, "change": "added", "time": now} for b in added]
+                     + [{"binding": b, "change": "removed", "time": now} for b in removed]
+                     + d["last"])[:DRIFT_LAST]
+        log.warning("ESL %s: drift: the resync had to add %d and remove %d binding(s) that "
+                    "the events missed: %s", self.endpoint.name, len(added), len(removed),
+                    ", ".join([f"+{b}" for b in added[:20]] + [f"-{b}" for b in removed[:20]])
+                    + (" ..." if len(added) > 20 or len(removed) > 20 else ""))
+
+    def _forget_recent(self, now: float) -> None:
+        """Keep the credentials named in the last two windows only (never
+        during a resync, which looks back one window from its start)."""
+        old = now - 2 * DRIFT_WINDOW
+        self._recent = {c: t for c, t in self._recent.items() if t >= old}
+        self._recent_limit = 2 * len(self._recent) + 4096  # amortised: O(1) per event
+
+    # -- re-reading one owner -----------------------------------------------------
+    def _ask(self, owners) -> None:
+        now = time.monotonic()
+        for owner in owners:
+            first, _ = self._pending.get(owner, (now, now))
+            # after its last event, but no later than twice the delay after its first
+            self._pending[owner] = (first, min(now + self.reread_delay,
+                                               first + 2 * self.reread_delay))
+        self._pending_wake.set()
+
+    async def _reread_loop(self, conn: EslConnection) -> None:
+        while True:
+            if self._full_resync_wanted or len(self._pending) > REREAD_BACKLOG:
+                wait = self._last_fallback + REREAD_FALLBACK_INTERVAL - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._full_resync_wanted = False
+                self._pending.clear()
+                self.reread_fallbacks += 1
+                self._last_fallback = time.monotonic()
+                log.info("ESL %s: a full resync in place of re-reading single users",
+                         self.endpoint.name)
+                await self._resync(conn)
+                continue
+            if not self._pending:
+                self._pending_wake.clear()
+                await self._pending_wake.wait()
+                continue
+            now = time.monotonic()
+            due = [o for o, (_, t) in self._pending.items() if t <= now][:REREAD_BATCH]
+            if not due:
+                await asyncio.sleep(min(t for _, t in self._pending.values()) - now)
+                continue
+            for owner in due:
+                del self._pending[owner]
+            async with self._api_lock:
+                answers = await asyncio.gather(*(self._reread(conn, o) for o in due))
+                for owner, rows in zip(due, answers, strict=True):
+                    self.rereads += 1
+                    if rows is None:
+                        log.info("ESL %s: cannot read the rows of %s@%s (profile %r) alone",
+                                 self.endpoint.name, owner[1], owner[2], owner[0])
+                        self._full_resync_wanted = True
+                        continue
+                    self._recent[_cred(owner[1], owner[2])] = time.monotonic()
+                    self._deliver(self.sink.replace(self.endpoint.name, owner, rows,
+                                                    self.clock()))
 
     def _apply(self, frame: Frame) -> None:
         try:
@@ -409,4 +586,13 @@ class EndpointRunner:
         if event is None:
             return
         self.events_applied += 1
-        self._deliver(self.sink.apply(self.endpoint.name, event, self.clock()))
+        now = time.monotonic()
+        recent = self._recent
+        for cred in _event_creds(event):
+            recent[cred] = now
+        if len(recent) > self._recent_limit and self._held is None:
+            self._forget_recent(now)
+        diff = self.sink.apply(self.endpoint.name, event, self.clock())
+        if getattr(diff, "reread", None) and self._reread is not None:
+            self._ask(diff.reread)
+        self._deliver(diff)

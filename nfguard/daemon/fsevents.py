@@ -17,10 +17,31 @@ captures in tests/fixtures/freeswitch-real/ and explained in their README):
 - `pre_register`, `register_attempt`, `register_failure` also fire for
   INVITE challenges and never change bindings: they are ignored.
 
-A row of FreeSWITCH's sofia_registrations table (in contact mode, the
-default) is identified by its call-id and contact: one Call-ID may hold
-several contacts (a phone that changed address keeps its old row until it
-expires), and a user may hold several rows.
+A row of FreeSWITCH's sip_registrations table belongs to its owner, the
+user and host of the REGISTER's To (`sip_user`, `sip_host`; `from-user` and
+`from-host` in register and unregister events, `user` and `host` in
+expire events, `<user>` in xmlstatus), usually the digest credentials. What
+a REGISTER does to the owner's other rows depends on the profile's
+`multiple-registrations`, on a per-user `sip-allow-multiple-registrations`,
+and even on whether the phone answered the challenge with qop (sofia_reg.c,
+1.10.12, confirmed against the real FreeSWITCH):
+
+- off (vanilla): every row of the owner is deleted, then the new one
+  inserted; an `Expires: 0` (any contact, or `Contact: *`) deletes every row
+  of the owner. No event names the rows that went.
+- `contact` (or `true`): the row of the owner with this contact is updated
+  or replaced (its Call-ID and address change with it); then, deferred, rows
+  of any owner with this contact and another expiry are deleted. `Expires:
+  0` deletes the owner's rows with that contact only (`Contact: *` deletes
+  nothing).
+- `call-id`: the owner's row with this contact is updated (its Call-ID
+  changes) or a row inserted; then, deferred, rows of any owner with this
+  Call-ID and another expiry are deleted. `Expires: 0` deletes every row of
+  that Call-ID.
+
+"Deferred" is FreeSWITCH's SQL queue: up to about 0.3 s after the event.
+Where an event cannot say exactly which rows changed, the registry asks for
+the owner's rows again (`sofia xmlstatus profile P user U@H`, read_owner()).
 
 The snapshot comes from `sofia xmlstatus` (profile names) and `sofia
 xmlstatus profile NAME reg` (the same table the events come from, with
@@ -58,6 +79,14 @@ class Registration:
     contact: str
     call_id: str
     node: str
+    # the owner as FreeSWITCH keys it (sip_user, sip_host); "" = user, realm
+    reg_user: str = ""
+    reg_host: str = ""
+
+    @property
+    def owner(self) -> tuple[str, str, str]:
+        """(profile, sip_user, sip_host): whose rows a REGISTER rewrites."""
+        return (self.profile, self.reg_user or self.user, self.reg_host or self.realm)
 
 
 @dataclass(frozen=True)
@@ -75,6 +104,13 @@ class Unregistered:
     user: str
     realm: str
     why: str  # "unregister", "expire", "socket-disconnection"
+    reg_user: str = ""  # the owner (sip_user, sip_host); "" = user, realm
+    reg_host: str = ""
+    ip: str = ""  # network-ip, where the event has it
+
+    @property
+    def owner(self) -> tuple[str, str, str]:
+        return (self.profile, self.reg_user or self.user, self.reg_host or self.realm)
 
 
 @dataclass(frozen=True)
@@ -168,7 +204,9 @@ def parse_event(frame: Frame, node: str, now: float,
         return Registered(Registration(
             user=user, realm=realm, ip=normalize_ip(ip), port=_port(port),
             expires=now + _seconds(expires, "expires") + late_margin,
-            profile=profile, contact=h.get("contact", ""), call_id=call_id, node=node))
+            profile=profile, contact=h.get("contact", ""), call_id=call_id, node=node,
+            reg_user=_unless_same(h.get("from-user", ""), user),
+            reg_host=_unless_same(h.get("from-host", ""), realm)))
     if subclass == "sofia::unregister":
         profile, call_id = _required(h, "profile-name", "call-id")
         if h.get("reason") == "socket-disconnection" or "contact" not in h:
@@ -176,12 +214,30 @@ def parse_event(frame: Frame, node: str, now: float,
             return Unregistered(profile, call_id, None, h.get("from-user", ""),
                                 h.get("from-host", ""), "socket-disconnection")
         user, realm = _required(h, "username", "realm")
-        return Unregistered(profile, call_id, h["contact"], user, realm, "unregister")
+        return Unregistered(profile, call_id, h["contact"], user, realm, "unregister",
+                            h.get("from-user", ""), h.get("from-host", ""),
+                            _ip_or_empty(h.get("network-ip", "")))
     if subclass == "sofia::expire":
+        # user/username are the row's sip_user, host its sip_host
         profile, call_id, contact, user, realm = _required(
             h, "profile-name", "call-id", "contact", "username", "realm")
-        return Unregistered(profile, call_id, contact, user, realm, "expire")
+        return Unregistered(profile, call_id, contact, user, realm, "expire",
+                            h.get("user", ""), h.get("host", ""),
+                            _ip_or_empty(h.get("network-ip", "")))
     return None
+
+
+def _unless_same(owner_part: str, cred: str) -> str:
+    """The owner's part, or "" where it equals the credential (most rows:
+    no second string kept)."""
+    return "" if owner_part == cred else owner_part
+
+
+def _ip_or_empty(text: str) -> str:
+    try:
+        return normalize_ip(text) if text else ""
+    except ValueError:
+        return ""
 
 
 # -- snapshots -------------------------------------------------------------
@@ -229,11 +285,14 @@ def _parse_xmlstatus_reg(xml_text, node, profile, now, skipped) -> list[Registra
             m = _EXPSECS.search(f.get("status", ""))
             if not m:
                 raise ValueError(f"no expsecs in status {f.get('status', '')[:60]!r}")
+            # <user> is sip_user@sip_host, the owner
+            reg_user, _, reg_host = f.get("user", "").rpartition("@")
             regs.append(Registration(
                 user=user, realm=realm, ip=normalize_ip(f.get("network-ip", "")),
                 port=_port(f.get("network-port", "")), expires=now + max(0, int(m.group(1))),
                 profile=profile, contact=f.get("contact", ""), call_id=f.get("call-id", ""),
-                node=node))
+                node=node, reg_user=_unless_same(reg_user, user),
+                reg_host=_unless_same(reg_host, realm)))
         except ValueError as e:
             if skipped is not None:
                 skipped.append(f"{f.get('user') or '?'} ({f.get('call-id') or 'no call-id'}): {e}")
@@ -279,10 +338,45 @@ async def read_snapshot(conn, node: str, clock) -> Snapshot:
                     "show registrations", skipped)
 
 
+# What can go on one `sofia xmlstatus profile P user U@H` line: mod_sofia
+# splits its arguments at spaces and the owner at the first '@'.
+_ARG_OK = re.compile(r"[^\s@]+")
+
+
+def owner_command(owner: tuple[str, str, str]) -> str | None:
+    """The api command that lists exactly one owner's rows (an indexed
+    select on sip_user and sip_host), or None when the names cannot be
+    written on its command line."""
+    profile, user, host = owner
+    if not all(_ARG_OK.fullmatch(part) for part in owner):
+        return None
+    return f"sofia xmlstatus profile {profile} user {user}@{host}"
+
+
+async def read_owner(conn, node: str, owner: tuple[str, str, str],
+                     clock) -> list[Registration] | None:
+    """The rows FreeSWITCH holds now for one owner (profile, sip_user,
+    sip_host); None when they cannot be asked for (a name the command line
+    cannot carry, an answer that is not the table): then only a full resync
+    can tell. Rows of other owners (the search is exact, but be sure) are
+    left out."""
+    cmd = owner_command(owner)
+    if cmd is None:
+        return None
+    body = await conn.api(cmd)
+    if "<registrations>" not in body:
+        return None  # "-ERR ...", "Invalid Profile!": not the table
+    try:
+        regs = parse_xmlstatus_reg(body, node, owner[0], clock())
+    except ValueError:
+        return None
+    return [r for r in regs if r.owner == owner]
+
+
 def follow(endpoint, sink, *, late_margin: float = DEFAULT_LATE_MARGIN, **kwargs):
     """An esl.EndpointRunner that keeps `sink` (the registry) in step with
     the endpoint's registrations: snapshots from sofia xmlstatus, events
-    parsed here."""
+    parsed here, and one owner's rows re-read where an event is not enough."""
     import time
 
     from nfguard.daemon.esl import EndpointRunner
@@ -292,4 +386,5 @@ def follow(endpoint, sink, *, late_margin: float = DEFAULT_LATE_MARGIN, **kwargs
         endpoint, sink,
         snapshot=lambda conn: read_snapshot(conn, endpoint.name, clock),
         parse=lambda frame: parse_event(frame, endpoint.name, clock(), late_margin),
+        reread=lambda conn, owner: read_owner(conn, endpoint.name, owner, clock),
         **kwargs)

@@ -6,13 +6,22 @@ or whose expiry moved, and the ones that went. Applying the diffs in order
 to an empty set gives `bindings()`.
 
 - A row is one registration as FreeSWITCH keeps it: (node, profile,
-  call-id, contact). Its expiry is FreeSWITCH's own (the late margin
-  included). A binding is (user, realm, address), user and realm
-  lower-cased in ASCII as the kernel compares them; it lives while any row
-  holds it, until the latest of their expiries plus `grace`.
+  owner, call-id, contact), the owner being FreeSWITCH's sip_user and
+  sip_host (fsevents.Registration.owner). Its expiry is FreeSWITCH's own
+  (the late margin included). A binding is (user, realm, address), user
+  and realm lower-cased in ASCII as the kernel compares them; it lives
+  while any row holds it, until the latest of their expiries plus `grace`.
+- An event changes the row it names at once. What else it changed depends
+  on FreeSWITCH's registration mode and version (fsevents' docstring):
+  where another row shares the event's owner, Call-ID or contact, the
+  event cannot say, and Diff.reread names the owners whose rows must be
+  read again from FreeSWITCH; `replace()` takes that answer. Expiries
+  (sofia::expire) name every row they delete and are never re-read.
 - A resync replaces one node's rows with its snapshot; rows that did not
   change, and expiries that moved by no more than `resync_tolerance`
-  seconds (clocks and rounding), give no diff.
+  seconds (clocks and rounding), give no diff. From a node's second resync
+  on, Diff.appeared names the bindings it had that the registry had not:
+  with Diff.removed, what the event stream missed (drift).
 - While a node is disconnected (degraded) its rows are kept for
   `degraded_grace` seconds from the disconnection even past their own
   expiry (the phones refresh, but the events cannot arrive), then expire.
@@ -74,11 +83,27 @@ def too_long(reg: Registration, user_max: int = USER_MAX, realm_max: int = REALM
     return ""
 
 
+# A row's key within its node: (profile, sip_user, sip_host, call_id,
+# contact); its first three are the owner (fsevents.Registration.owner).
+RowKey = tuple
+Owner = tuple  # (profile, sip_user, sip_host)
+
+
+def row_key(reg: Registration) -> RowKey:
+    return (reg.profile, reg.reg_user or reg.user, reg.reg_host or reg.realm, reg.call_id,
+            reg.contact)
+
+
 @dataclass
 class Diff:
     added: dict[Binding, float] = field(default_factory=dict)  # new, or expiry moved
     removed: set[Binding] = field(default_factory=set)
     rejected: list[tuple[Registration, str]] = field(default_factory=list)
+    # owners whose rows FreeSWITCH must be asked for (apply() only)
+    reread: set[Owner] = field(default_factory=set)
+    # bindings a resync added that the registry did not hold (resync() of
+    # a node that had synced before): with `removed`, the event stream's misses
+    appeared: set[Binding] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.rejected)
@@ -92,10 +117,8 @@ class Diff:
             self.added.pop(b, None)
             self.removed.add(b)
         self.rejected.extend(later.rejected)
+        self.reread |= later.reread
         return self
-
-
-RowKey = tuple  # (profile, call_id, contact), within one node
 
 
 # Index values are a single tuple, or a set of them when there are several:
@@ -141,11 +164,16 @@ class Registry:
         self._rows: dict[str, dict[RowKey, Registration]] = {}
         # binding -> its row (node, key), or a set of them when several
         self._holders: dict[Binding, tuple | set[tuple]] = {}
-        self._by_call: dict[tuple[str, str, str], RowKey | set[RowKey]] = {}
+        # node -> owner / call-id / contact -> row key(s): who else an event
+        # may have touched
+        self._by_owner: dict[str, dict[Owner, RowKey | set[RowKey]]] = {}
+        self._by_call: dict[str, dict[str, RowKey | set[RowKey]]] = {}
+        self._by_contact: dict[str, dict[str, RowKey | set[RowKey]]] = {}
         self._effective: dict[Binding, float] = {}
         self._heap: list[tuple[float, str, RowKey, float]] = []
         self.down_since: dict[str, float] = {}
         self.rejected: dict[tuple[str, RowKey], tuple[Registration, str]] = {}
+        self._synced: set[str] = set()  # nodes that have had a full resync
 
     # -- reading -------------------------------------------------------------
     def bindings(self) -> dict[Binding, float]:
@@ -156,6 +184,10 @@ class Registry:
         nodes = [node] if node is not None else list(self._rows)
         return [reg for n in nodes for reg in self._rows.get(n, {}).values()]
 
+    def owner_rows(self, node: str, owner: Owner) -> list[Registration]:
+        rows = self._rows.get(node, {})
+        return [rows[k] for k in _index_items(self._by_owner.get(node, {}), owner)]
+
     def nodes(self) -> list[str]:
         return sorted(set(self._rows) | set(self.down_since))
 
@@ -165,20 +197,73 @@ class Registry:
 
     # -- changing ------------------------------------------------------------
     def apply(self, node: str, event, now: float) -> Diff:
-        """One event of `node` (fsevents.Registered or Unregistered)."""
+        """One event of `node` (fsevents.Registered or Unregistered). The
+        row it names changes at once; Diff.reread names the owners whose
+        other rows it may have changed too (see the module docstring)."""
         diff, touched = Diff(), set()
         if isinstance(event, Registered):
+            key = row_key(event.reg)
+            diff.reread = self._sharers(node, key, {key})
             self._store(node, event.reg, touched, diff)
         elif isinstance(event, Unregistered):
-            if event.contact is not None:
-                key = (event.profile, event.call_id, event.contact)
+            owner = event.owner
+            if event.contact is None:
+                # the socket-close unregister: FreeSWITCH deletes the rows
+                # of this call-id at the socket's address, which it does
+                # not name; this drops the owner's rows of the call-id
+                keys = {k for k in _index_items(self._by_owner.get(node, {}), owner)
+                        if k[3] == event.call_id}
+                if len(keys) > 1:
+                    diff.reread = {owner}
+                diff.reread |= self._sharers(node, owner + (event.call_id, None), keys)
+            else:
+                keys = {owner + (event.call_id, event.contact)}
+                if event.why != "expire":  # an expiry names every row it deletes
+                    diff.reread = self._sharers(node, next(iter(keys)), keys)
+            for key in keys:
                 self._drop(node, key, touched)
                 self.rejected.pop((node, key), None)
-            else:
-                self._drop_call(node, event, touched)
         else:
             raise TypeError(f"not a registry event: {event!r}")
         return self._settle(touched, diff)
+
+    def _sharers(self, node: str, key: RowKey, exact: set[RowKey]) -> set[Owner]:
+        """The owners to re-read when an event names `key`: none when no
+        other row of the node shares its owner, Call-ID or contact (then
+        the event is exact in every mode); else its owner and theirs."""
+        owner, call_id, contact = key[:3], key[3], key[4]
+        others = [k for k in _index_items(self._by_owner.get(node, {}), owner)
+                  if k not in exact]
+        profile = key[0]
+        for index, value in ((self._by_call, call_id), (self._by_contact, contact)):
+            if value is not None:
+                others.extend(k for k in _index_items(index.get(node, {}), value)
+                              if k not in exact and k[0] == profile)
+        if not others:
+            return set()
+        return {owner} | {k[:3] for k in others}
+
+    def replace(self, node: str, owner: Owner, regs: Iterable[Registration],
+                now: float) -> Diff:
+        """Replace the node's rows of one owner with what FreeSWITCH says
+        it holds now (fsevents.read_owner)."""
+        diff, touched = Diff(), set()
+        fresh = {row_key(reg): reg for reg in regs if reg.owner == owner}
+        for key in _index_items(self._by_owner.get(node, {}), owner):
+            if key not in fresh:
+                self._drop(node, key, touched)
+                self.rejected.pop((node, key), None)
+        rows = self._rows.get(node, {})
+        for key, reg in fresh.items():
+            if not self._same(rows.get(key), reg):
+                self._store(node, reg, touched, diff)
+        return self._settle(touched, diff)
+
+    def _same(self, have: Registration | None, reg: Registration) -> bool:
+        """Nothing to change: same address, expiry within the tolerance."""
+        return (have is not None and have.user == reg.user and have.realm == reg.realm
+                and have.ip == reg.ip and have.port == reg.port
+                and abs(have.expires - reg.expires) <= self.resync_tolerance)
 
     def resync(self, node: str, snapshot: Snapshot | Iterable[Registration],
                now: float) -> Diff:
@@ -190,47 +275,64 @@ class Registry:
 
     def _resync(self, node: str, regs: Iterable[Registration]) -> Diff:
         diff, touched = Diff(), set()
+        track = node in self._synced  # the first resync is no drift
+        self._synced.add(node)
         if self.down_since.pop(node, None) is not None:
             for reg in self._rows.get(node, {}).values():
                 touched.add(binding_of(reg))  # their expiry is their own again
         old = self._rows.get(node, {})
         fresh: dict[RowKey, Registration] = {}
         for reg in regs:
-            fresh[(reg.profile, reg.call_id, reg.contact)] = reg
+            fresh[(reg.profile, reg.reg_user or reg.user, reg.reg_host or reg.realm,
+                   reg.call_id, reg.contact)] = reg
         for key in [k for k in old if k not in fresh]:
             self._drop(node, key, touched)
         for key in [k for (n, k) in self.rejected if n == node and k not in fresh]:
             del self.rejected[(node, key)]
-        tolerance = self.resync_tolerance
         new_rows = []
         for key, reg in fresh.items():
             have = old.get(key)
             if have is None:
-                new_rows.append(reg)
-            elif not (have.user == reg.user and have.realm == reg.realm
-                      and have.ip == reg.ip and have.port == reg.port
-                      and abs(have.expires - reg.expires) <= tolerance):
+                new_rows.append((key, reg))
+            elif not self._same(have, reg):
                 self._store(node, reg, touched, diff)
-        self._insert(node, new_rows, touched, diff)
-        return self._settle(touched, diff)
+        self._insert(node, new_rows, touched, diff, track)
+        return self._settle(touched, diff, track)
 
-    def _insert(self, node: str, regs: list[Registration], touched: set, diff: Diff) -> None:
+    def _insert(self, node: str, regs: list[tuple[RowKey, Registration]], touched: set,
+                diff: Diff, track: bool) -> None:
         """_store() for rows the node does not hold yet, in bulk: the whole
         table on a first sync, where per-row calls would double the time."""
         rows = self._rows.setdefault(node, {})
-        by_call, heap = self._by_call, self._heap
+        by_owner = self._by_owner.setdefault(node, {})
+        by_call = self._by_call.setdefault(node, {})
+        by_contact = self._by_contact.setdefault(node, {})
+        heap = self._heap
         holders, effective, added = self._holders, self._effective, diff.added
         user_max, realm_max, grace = self.user_max, self.realm_max, self.grace
         up = node not in self.down_since
-        for reg in regs:
+        for key, reg in regs:
             user, realm = reg.user, reg.realm
             if not (user.isascii() and realm.isascii() and len(user) <= user_max
                     and len(realm) <= realm_max):
                 self._store(node, reg, touched, diff)  # maybe rejected
                 continue
-            key = (reg.profile, reg.call_id, reg.contact)
             rows[key] = reg
-            _index_add(by_call, (node, reg.profile, reg.call_id), key)
+            # the indexes inline: nearly every entry is new and single
+            owner = key[:3]
+            if owner in by_owner:
+                _index_add(by_owner, owner, key)
+            else:
+                by_owner[owner] = key
+            call_id, contact = key[3], key[4]
+            if call_id in by_call:
+                _index_add(by_call, call_id, key)
+            else:
+                by_call[call_id] = key
+            if contact in by_contact:
+                _index_add(by_contact, contact, key)
+            else:
+                by_contact[contact] = key
             b = _new_binding(Binding, (user.lower(), realm.lower(), reg.ip))
             until = reg.expires if up else self._row_expiry(node, reg)
             if b in holders:
@@ -239,12 +341,14 @@ class Registry:
             else:  # a binding of this row alone: settled here
                 holders[b] = (node, key)
                 effective[b] = added[b] = until + grace
+                if track:
+                    diff.appeared.add(b)
             heap.append((until, node, key, reg.expires))
         if self.rejected:
-            for reg in regs:
-                self.rejected.pop((node, (reg.profile, reg.call_id, reg.contact)), None)
+            for key, _ in regs:
+                self.rejected.pop((node, key), None)
         if not rows:
-            del self._rows[node]
+            self._forget(node)
         heapq.heapify(heap)
 
     def node_down(self, node: str, now: float) -> Diff:
@@ -282,8 +386,13 @@ class Registry:
     def _schedule(self, node: str, key: RowKey, reg: Registration) -> None:
         heapq.heappush(self._heap, (self._row_expiry(node, reg), node, key, reg.expires))
 
+    def _forget(self, node: str) -> None:
+        """The node holds no rows: drop its (empty) tables."""
+        for table in (self._rows, self._by_owner, self._by_call, self._by_contact):
+            table.pop(node, None)
+
     def _store(self, node: str, reg: Registration, touched: set, diff: Diff) -> None:
-        key = (reg.profile, reg.call_id, reg.contact)
+        key = row_key(reg)
         user, realm = reg.user, reg.realm
         if not (user.isascii() and realm.isascii() and len(user) <= self.user_max
                 and len(realm) <= self.realm_max):
@@ -305,7 +414,9 @@ class Registry:
             _index_remove(self._holders, old_b, holder)
             touched.add(old_b)
         else:
-            _index_add(self._by_call, (node, reg.profile, reg.call_id), key)
+            _index_add(self._by_owner.setdefault(node, {}), key[:3], key)
+            _index_add(self._by_call.setdefault(node, {}), key[3], key)
+            _index_add(self._by_contact.setdefault(node, {}), key[4], key)
         rows[key] = reg
         b = binding_of(reg)
         _index_add(self._holders, b, holder)
@@ -320,20 +431,15 @@ class Registry:
         b = binding_of(reg)
         _index_remove(self._holders, b, (node, key))
         touched.add(b)
-        _index_remove(self._by_call, (node, reg.profile, reg.call_id), key)
+        _index_remove(self._by_owner[node], key[:3], key)
+        _index_remove(self._by_call[node], key[3], key)
+        _index_remove(self._by_contact[node], key[4], key)
         if not rows:
-            del self._rows[node]
+            self._forget(node)
 
-    def _drop_call(self, node: str, event: Unregistered, touched: set) -> None:
-        """The socket-close unregister: every row of the call-id whose user
-        is the one named (all of them when none is named)."""
-        user = kernel_case(event.user)
-        for key in _index_items(self._by_call, (node, event.profile, event.call_id)):
-            reg = self._rows[node][key]
-            if not user or kernel_case(reg.user) == user:
-                self._drop(node, key, touched)
-
-    def _settle(self, touched: set[Binding], diff: Diff) -> Diff:
+    def _settle(self, touched: set[Binding], diff: Diff, track: bool = False) -> Diff:
+        """Each touched binding's expiry from the rows that hold it now;
+        `track`: note in diff.appeared the ones that were not bound."""
         holders, effective, rows = self._holders, self._effective, self._rows
         grace, all_up = self.grace, not self.down_since
         added, removed = diff.added, diff.removed
@@ -349,7 +455,10 @@ class Registry:
                 until = rows[have[0]][have[1]].expires + grace
             else:
                 until = self._row_expiry(have[0], rows[have[0]][have[1]]) + grace
-            if effective.get(b) != until:
+            was = effective.get(b)
+            if was != until:
+                if track and was is None:
+                    diff.appeared.add(b)
                 effective[b] = until
                 added[b] = until
         return diff

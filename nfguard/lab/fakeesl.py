@@ -257,6 +257,12 @@ class FakeEsl:
         for profile in self.profiles:
             if cmd == f"sofia xmlstatus profile {profile} reg":
                 return reg_xml([r for r in self.table if r.profile == profile]).encode()
+            prefix = f"sofia xmlstatus profile {profile} user "
+            if cmd.startswith(prefix):
+                # mod_sofia: sip_user and sip_host, split at the first '@'
+                user, _, host = cmd[len(prefix):].partition("@")
+                return reg_xml([r for r in self.table if r.profile == profile
+                                and r.user == user and r.realm == host]).encode()
         name = cmd.split()[0] if cmd.split() else ""
         return f"-ERR {name} Command not found!\n".encode()
 
