@@ -85,3 +85,55 @@ def topo(request):
     request.addfinalizer(t.close)  # before up(): a half-built topology goes too
     t.up()
     return t
+
+
+# -- the real FreeSWITCH (nfguard.lab.freeswitch) --------------------------------
+def need_freeswitch() -> None:
+    """Skip (fail under NFGUARD_REQUIRE_KERNEL=1) where the kernel tests
+    cannot run, or the FreeSWITCH bundle or its runtime libraries are missing."""
+    need_kernel()
+    from nfguard.lab.freeswitch import unavailable
+
+    why = unavailable()
+    if why:
+        if REQUIRE_KERNEL:
+            pytest.fail(f"NFGUARD_REQUIRE_KERNEL=1 but {why}")
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def fs_topo(request):
+    """The lab's namespaces for one test module's FreeSWITCH (IPv4 only:
+    FreeSWITCH binds 10.200.1.1)."""
+    need_freeswitch()
+    from nfguard.lab.topology import Topology
+
+    t = Topology("nfgfs", ipv6=False)
+    request.addfinalizer(t.close)
+    t.up()
+    return t
+
+
+@pytest.fixture(scope="module")
+def freeswitch(request, fs_topo):
+    """One real FreeSWITCH per test module, in fs_topo's PBX namespace,
+    started. Its SIP profiles are the module's FREESWITCH_PROFILES if it
+    has one (see nfguard.lab.freeswitch.FreeSwitch), else vanilla's one
+    registration per user on 5060."""
+    from nfguard.lab.freeswitch import FreeSwitch
+
+    fs = FreeSwitch(fs_topo, profiles=getattr(request.module, "FREESWITCH_PROFILES", None))
+    request.addfinalizer(fs.close)  # before the topology's close: FreeSWITCH goes first
+    fs.start()
+    return fs
+
+
+@pytest.fixture
+def nfguard_fs(request, freeswitch):
+    """An `nfguard run` following the module's FreeSWITCH, not yet started
+    (call .start(**config)); stopped and uninstalled after the test."""
+    from nfguard.lab.freeswitch import Nfguard
+
+    d = Nfguard(freeswitch)
+    request.addfinalizer(d.close)
+    return d
