@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from nfguard.daemon import nftstate
 from nfguard.daemon.nftstate import (
     COMMENT_MAX,
     TABLE,
@@ -540,24 +541,133 @@ def test_a_listing_with_an_element_twice_is_inconsistent():
     assert _consistent(listing())
 
 
+# -- chunks ----------------------------------------------------------------------
+class _Writes:
+    """Wraps st.nft.json_cmd: records every write batch (an add or delete of
+    elements) and fails those whose numbers (from 1) are in `fail`."""
+
+    def __init__(self, st, fail=()):
+        self.batches: list[list[dict]] = []
+        self.fail = set(fail)
+        self._real = st.nft.json_cmd
+        st.nft.json_cmd = self
+
+    def __call__(self, cmds):
+        if any("add" in c or "delete" in c for c in cmds["nftables"]):
+            self.batches.append(cmds["nftables"])
+            if len(self.batches) in self.fail:
+                return 1, "", "Error: failed on purpose (test)"
+        return self._real(cmds)
+
+    def addresses(self, batch: list[dict], verb: str) -> list[str]:
+        return [e if isinstance(e, str) else e["elem"]["val"]
+                for c in batch if verb in c and "element" in c[verb]
+                for e in c[verb]["element"]["elem"]]
+
+
+def _many(now: float, n: int, ttl: float = 300) -> dict[str, Element]:
+    return {f"192.0.2.{i}": Element(now + ttl, creds(str(1000 + i))) for i in range(1, n + 1)}
+
+
+def test_a_change_larger_than_a_chunk_is_several_batches_and_ends_exact(ns, st, monkeypatch):
+    monkeypatch.setattr(nftstate, "CHUNK", 3)
+    writes = _Writes(st)
+    now = time.time()
+    want = _many(now, 10)
+    want["2001:db8::1"] = Element(now + 300, creds("2001"))
+    st.apply(want, [], now)
+    assert [len(writes.addresses(b, "add")) for b in writes.batches] == [3, 3, 3, 2]
+    assert {a: b["comment"] for a, b in bindings(ns).items()} == {
+        a: e.comment for a, e in want.items() if "." in a}
+    assert list(bindings(ns, "bindings_v6")) == ["2001:db8::1"]
+
+    # a sync that replaces some, removes some and adds some, over 4 batches
+    writes.batches.clear()
+    now = time.time()
+    want = _many(now, 12, ttl=200)
+    for i in (1, 2, 3):
+        del want[f"192.0.2.{i}"]
+    assert st.sync(want, now) == {"added": 2, "removed": 4, "updated": 7}
+    assert len(writes.batches) == 5  # 13 addresses: 3 + 3 + 3 + 3 + 1
+    for batch in writes.batches:
+        # a replaced element's delete and add are in the same batch: it is never missing
+        assert set(writes.addresses(batch, "delete")) - set(writes.addresses(batch, "add")) <= {
+            "192.0.2.1", "192.0.2.2", "192.0.2.3", "2001:db8::1"}
+    held = bindings(ns)
+    assert {a: b["comment"] for a, b in held.items()} == {a: e.comment for a, e in want.items()}
+    assert all(195 <= b["expires"] <= 200 for b in held.values())
+    assert bindings(ns, "bindings_v6") == {}
+    # the removals come last, after every add and replace
+    removals = [i for i, b in enumerate(writes.batches)
+                if set(writes.addresses(b, "delete")) - set(writes.addresses(b, "add"))]
+    assert removals == [3, 4]
+
+
+def test_a_failing_later_chunk_is_reported_and_the_next_sync_repairs_it(ns, st, monkeypatch):
+    monkeypatch.setattr(nftstate, "CHUNK", 3)
+    now = time.time()
+    before = _many(now, 6)
+    st.apply(before, [], now)
+    writes = _Writes(st, fail={3, 4})  # the third batch, and its one retry
+    now = time.time()
+    want = {a: Element(now + 100, creds("9" + e.comment)) for a, e in _many(now, 9).items()}
+    with pytest.raises(NftError, match=r"failed on purpose.*the 6 addresses before it are "
+                                       r"applied"):
+        st.apply(want, [], now)
+    held = bindings(ns)
+    # the first two batches are applied, the third changed nothing, and none of
+    # the elements that were there went missing
+    assert sorted(held) == sorted(want)[:6]
+    assert all(held[a]["comment"] == want[a].comment for a in sorted(want)[:6])
+    assert writes.batches[2] == writes.batches[3]  # the retry, after reading the sets
+
+    assert st.sync(want, time.time()) == {"added": 3, "removed": 0, "updated": 0}
+    assert {a: b["comment"] for a, b in bindings(ns).items()} == {
+        a: e.comment for a, e in want.items()}
+
+
+def test_the_kernel_dump_reads_what_nft_lists(ns, st):
+    """The sets as _read_bindings() reads them (a netlink dump), against the
+    nft binary's own listing: addresses, comments, time left, and elements
+    added by hand with neither timeout nor comment."""
+    now = time.time()
+    st.apply({"192.0.2.1": Element(now + 300, creds("1001")),
+              "192.0.2.2": Element(now + 30, "é" * 300),
+              "2001:db8::1": Element(now + 3600, creds("1003", "1004"))}, [], now)
+    sh("nft", "add", "element", "inet", TABLE, "bindings_v4", "{ 192.0.2.9 }", ns=ns)
+    sh("nft", "add", "element", "inet", TABLE, "bindings_v6",
+       '{ 2001:db8::9 comment "by hand" }', ns=ns)
+    held = st._read_bindings()
+    listed = {**bindings(ns), **bindings(ns, "bindings_v6")}
+    assert sorted(held) == sorted(listed)
+    for a, (comment, left) in held.items():
+        assert comment == (listed[a]["comment"] or ""), a
+        if listed[a]["expires"] is None:
+            assert left is None, a
+        else:  # nft rounds down to whole seconds
+            assert listed[a]["expires"] <= left < listed[a]["expires"] + 2, a
+    assert held["192.0.2.9"] == ("", None)
+    assert held["2001:db8::9"] == ("by hand", None)
+
+
+def test_reading_without_table_says_so(ns):
+    s = NftState(MARK)
+    assert s._held() is None
+    with pytest.raises(NftError, match="missing"):
+        s._read_bindings()
+
+
 # -- size ------------------------------------------------------------------------
-def test_100000_elements_in_one_batch(ns, st, capsys):
-    calls = []
-    real = st.nft.json_cmd
-
-    def counting(cmds):
-        calls.append(cmds)
-        return real(cmds)
-
-    st.nft.json_cmd = counting
+def test_100000_elements_in_chunks(ns, st, capsys):
+    writes = _Writes(st)
     now = time.time()
     elems = {f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}":
              Element(now + 3600, creds(str(100000 + i))) for i in range(100_000)}
     t0 = time.perf_counter()
     st.apply(elems, [], now)
     took = time.perf_counter() - t0
-    writes = [c for c in calls if "add" in c["nftables"][0] or "delete" in c["nftables"][0]]
-    assert len(writes) == 1  # one transaction
+    assert [len(writes.addresses(b, "add")) for b in writes.batches] == [nftstate.CHUNK] * (
+        100_000 // nftstate.CHUNK)
 
     t0 = time.perf_counter()
     got = st.read()["bindings"]
@@ -565,14 +675,61 @@ def test_100000_elements_in_one_batch(ns, st, capsys):
     assert len(got) == 100_000
     assert got["10.1.134.159"]["comment"] == creds("199999")
     assert 3590 <= got["10.1.134.159"]["expires_in"] <= 3600
+    t0 = time.perf_counter()
+    held = st._read_bindings()
+    dump_took = time.perf_counter() - t0
+    assert held.keys() == got.keys()
+    assert held["10.1.134.159"][0] == creds("199999")
 
-    # update every element (delete + add of 100,000 in one batch)
+    # update every element (delete + add of 100,000)
     now = time.time()
     t0 = time.perf_counter()
     st.apply({a: Element(now + 60, e.comment) for a, e in elems.items()}, [], now)
     update_took = time.perf_counter() - t0
     with capsys.disabled():
-        print(f"\n100,000 elements: add {took:.2f} s, read {read_took:.2f} s, "
-              f"update {update_took:.2f} s")
+        print(f"\n100,000 elements: add {took:.2f} s, read (nft's listing) {read_took:.2f} s, "
+              f"read (netlink dump) {dump_took:.2f} s, update {update_took:.2f} s")
     assert st.sync({}, time.time()) == {"added": 0, "removed": 100_000, "updated": 0}
     assert set_elems(ns, "bindings_v4") == []
+
+
+# -- the daemon's nft sink ------------------------------------------------------------
+class _RecordingNft:
+    """Stands in for NftState under NftSink: what apply and sync were given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def apply(self, changed, removed, now):
+        self.calls.append(("apply", dict(changed.items()), sorted(removed)))
+
+    def sync(self, elements, now):
+        self.calls.append(("sync", dict(elements.items())))
+        return {}
+
+
+def test_nft_sink_one_element_per_address():
+    from nfguard.daemon.backend import NftSink
+    from nfguard.daemon.registry import Binding, Diff
+
+    nft = _RecordingNft()
+    sink = NftSink(nft)
+    a1, a2 = Binding("1001", REALM, "192.0.2.1"), Binding("1002", REALM, "192.0.2.1")
+    b = Binding("1003", REALM, "192.0.2.2")
+    sink.apply(Diff(added={a1: 100.0, b: 50.0}), 0)
+    sink.apply(Diff(added={a2: 200.0}), 0)
+    assert nft.calls[-1] == ("apply", {"192.0.2.1": Element(200.0, creds("1001", "1002"))}, [])
+    sink.apply(Diff(added={a2: 150.0}), 0)  # the expiry moved: the latest one counts
+    assert nft.calls[-1][1]["192.0.2.1"].expires == 150.0
+    sink.apply(Diff(removed={a2, Binding("1009", REALM, "192.0.2.9")}), 0)
+    assert nft.calls[-1] == ("apply", {"192.0.2.1": Element(100.0, creds("1001"))},
+                             ["192.0.2.9"])
+    sink.apply(Diff(removed={a1}), 0)
+    assert nft.calls[-1] == ("apply", {}, ["192.0.2.1"])
+    assert dict(sink.elements().items()) == {"192.0.2.2": Element(50.0, creds("1003"))}
+    assert "192.0.2.1" not in sink.elements() and len(sink.elements()) == 1
+
+    sink.sync({a1: 10.0, a2: 20.0}, 0)
+    assert nft.calls[-1] == ("sync", {"192.0.2.1": Element(20.0, creds("1001", "1002"))})
+    with pytest.raises(KeyError):
+        sink.elements()["192.0.2.2"]

@@ -5,8 +5,15 @@ comment and a timeout mirroring the expiry), the trusted networks, and the
 reject path: the XDP/TC programs mark packets to reject, one rule here
 rejects them and counts them in the named counter "rejected".
 
-Every change is one atomic batch: one `json_cmd` call of libnftables' JSON API
-with a list of commands, which nft sends as one netlink transaction.
+A change is one atomic batch: one `json_cmd` call of libnftables' JSON API
+with a list of commands, which nft sends as one netlink transaction. A change
+of more than CHUNK addresses (a first sync) is several such batches, each
+atomic, because one batch of 100,000 elements cost ~200 MB in libnftables and
+its JSON (~2 KB an element) against ~20 MB for 10,000. Every command for one
+address (the add+delete+add of a replace) stays in one batch, so a wanted
+element is never missing between two batches, and no batch flushes a set:
+a batch that fails leaves the earlier ones applied and its own addresses as
+they were, never a hole. Adds and replaces go before deletes.
 
 nft 1.0.6 quirks this module relies on or works around (checked on this
 machine, nft 1.0.6 with kernel 6.18):
@@ -43,24 +50,30 @@ machine, nft 1.0.6 with kernel 6.18):
   parsing. Writes only send what they change (one element: 0.2 ms).
 
 Size, measured here (nft 1.0.6, kernel 6.18): 100,000 elements with
-timeout and comment added in one batch in 0.90-0.98 s; deleted
-and re-added (an update of all) in 1.0-1.2 s; read back in 1.0-1.1 s (2 s
-when the first listing caught a resize and was repeated). One batch
-stays one transaction at that size: libnftables raises the socket's send
-buffer to the batch's size, so no chunking is needed. tests/test_nftstate.py
-prints the figures on every run.
+timeout and comment added in one batch in 0.90-0.98 s, in ten of 10,000 in
+0.83-0.91 s; deleted and re-added (an update of all) in 1.0-1.4 s; listed
+by nft in 1.0-1.3 s (2 s and more when the first listing caught a resize
+and was repeated), dumped from the kernel (_dump_set) in 0.8-1.0 s. One
+batch stays one transaction at 100,000 (libnftables raises the socket's
+send buffer to the batch's size): chunks are for memory, not for nft.
+tests/test_nftstate.py prints the figures on every run.
 
 Not thread-safe: one NftState, one thread (or a lock around it).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import ipaddress
+import itertools
 import json
 import math
+import os
 import socket
+import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from nfguard.errors import NfguardError
@@ -81,6 +94,9 @@ TIMEOUT_SLACK = 5.0  # sync: timeouts this close are the same (nft reports whole
 # either way. Covers nft's whole-second rounding and a large batch's run time.
 GRACE = 5.0
 LIST_ATTEMPTS = 10  # listings of the table before giving up on an inconsistent one
+# Addresses a batch (one transaction). 10,000: ~20 MB of libnftables and JSON
+# a batch instead of ~200 MB for 100,000 in one, for the same total time.
+CHUNK = 10_000
 
 
 class NftError(NfguardError):
@@ -164,6 +180,121 @@ def _consistent(listing: list[dict]) -> bool:
     return True
 
 
+# Reading the bindings sets straight from the kernel, with a netlink dump of
+# their elements (linux/netfilter/nf_tables.h), for sync() and before a
+# change: libnftables' listing of 100,000 elements cost ~160 MB at its peak
+# (its cache of every element, the JSON tree, the text, Python's objects),
+# this ~20 MB, and 0.8-1.0 s instead of 1.2-1.3 s. read() (status) still
+# lists the table with nft.
+NETLINK_NETFILTER = 12
+NFT_MSG_GETSETELEM = (10 << 8) | 13  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETSETELEM
+NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NFPROTO_INET = 1
+ELEM_LIST_TABLE, ELEM_LIST_SET, ELEM_LIST_ELEMENTS = 1, 2, 3  # NFTA_SET_ELEM_LIST_*
+ELEM_KEY, ELEM_TIMEOUT, ELEM_EXPIRATION, ELEM_USERDATA = 1, 4, 5, 6  # NFTA_SET_ELEM_*
+UDATA_COMMENT = 0  # NFTNL_UDATA_SET_ELEM_COMMENT
+RECV_SIZE = 1 << 16  # the kernel's dump messages are at most 32 KB
+NL_TIMEOUT = 30.0  # seconds a dump may take before we give up on the kernel
+
+Held = dict[str, tuple[str, float | None]]  # address -> (comment, seconds left or None)
+
+
+def _give_back_freed_memory() -> None:
+    """malloc_trim(0): after batches of 10,000 elements libnftables has freed
+    ~30 MB that glibc keeps in its heap, between live objects, unless asked
+    to return it (measured at 100,000 elements). glibc only."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+class _Inconsistent(Exception):
+    """A dump that repeated an element or was interrupted by a change."""
+
+
+def _nlattr(typ: int, payload: bytes) -> bytes:
+    return struct.pack("=HH", 4 + len(payload), typ) + payload + b"\0" * (-len(payload) % 4)
+
+
+def _attrs(buf, off: int, end: int):
+    """(type, start, end) of each netlink attribute in buf[off:end]."""
+    while off + 4 <= end:
+        length, typ = struct.unpack_from("=HH", buf, off)
+        if length < 4:
+            return
+        yield typ & 0x3FFF, off + 4, off + length  # without NLA_F_NESTED, NLA_F_NET_BYTEORDER
+        off += (length + 3) & ~3
+
+
+def _element(buf, off: int, end: int) -> tuple[str, str, float | None]:
+    """(address, comment, seconds left or None) of one NFTA_LIST_ELEM, as
+    _bindings() reads them from nft's JSON: no expiration but a timeout
+    means it runs out this instant; neither, never."""
+    addr, comment, timeout, expiration = "", "", 0, 0
+    for typ, s, e in _attrs(buf, off, end):
+        if typ == ELEM_KEY:
+            for _, vs, ve in _attrs(buf, s, e):  # NFTA_DATA_VALUE
+                raw = bytes(buf[vs:ve])
+                addr = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+        elif typ == ELEM_TIMEOUT:
+            (timeout,) = struct.unpack_from(">Q", buf, s)  # ms
+        elif typ == ELEM_EXPIRATION:
+            (expiration,) = struct.unpack_from(">Q", buf, s)  # ms left
+        elif typ == ELEM_USERDATA:  # type, length, value ...
+            i = s
+            while i + 2 <= e:
+                utyp, ulen = buf[i], buf[i + 1]
+                if utyp == UDATA_COMMENT:
+                    comment = bytes(buf[i + 2:i + 2 + ulen]).split(b"\0", 1)[0].decode(
+                        "utf-8", "replace")
+                i += 2 + ulen
+    if expiration:
+        return addr, comment, expiration / 1000
+    return addr, comment, 0.0 if timeout else None
+
+
+def _dump_set(sock: socket.socket, name: str, seq: int) -> Held | None:
+    """{address: (comment, seconds left or None)} of one set of our table,
+    None when the table or set does not exist. _Inconsistent when the
+    kernel's dump repeated an element (a resize meanwhile, see _consistent)
+    or was interrupted by a change."""
+    req = (struct.pack("=BBH", NFPROTO_INET, 0, 0)
+           + _nlattr(ELEM_LIST_TABLE, TABLE.encode() + b"\0")
+           + _nlattr(ELEM_LIST_SET, name.encode() + b"\0"))
+    sock.send(struct.pack("=IHHII", 16 + len(req), NFT_MSG_GETSETELEM,
+                          NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + req)
+    out: Held = {}
+    seen = 0
+    inconsistent = False
+    while True:
+        buf = memoryview(sock.recv(RECV_SIZE))
+        off = 0
+        while off + 16 <= len(buf):
+            length, typ, flags, mseq, _ = struct.unpack_from("=IHHII", buf, off)
+            end = off + length
+            if length < 16 or mseq != seq:
+                off = end if length >= 16 else len(buf)
+                continue
+            if typ == NLMSG_DONE:
+                if inconsistent or seen != len(out):
+                    raise _Inconsistent(name)
+                return out
+            if typ == NLMSG_ERROR:
+                (err,) = struct.unpack_from("=i", buf, off + 16)
+                if err == -errno.ENOENT:
+                    return None
+                raise NftError(f"nft: reading set {name}: {os.strerror(-err)}")
+            inconsistent |= bool(flags & NLM_F_DUMP_INTR)
+            for atyp, s, e in _attrs(buf, off + 20, end):  # after the nfgenmsg
+                if atyp == ELEM_LIST_ELEMENTS:
+                    for _, es, ee in _attrs(buf, s, e):  # NFTA_LIST_ELEM
+                        addr, comment, left = _element(buf, es, ee)
+                        out[addr] = (comment, left)
+                        seen += 1
+            off = (end + 3) & ~3
+
+
 class NftState:
     """`table inet nfguard`, through one libnftables context."""
 
@@ -183,6 +314,11 @@ class NftState:
             nft = nftables.Nftables()
         nft.set_json_output(True)
         self.nft = nft
+        # Created here, like the context: its namespace is the one it reads.
+        self._nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        self._nl.bind((0, 0))
+        self._nl.settimeout(NL_TIMEOUT)
+        self._seq = int(time.time())
         # address -> monotonic time its element runs out (a lower bound), None: never.
         # None for the whole dict: unknown, read the sets before the next change.
         self._known: dict[str, float | None] | None = None
@@ -312,21 +448,38 @@ class NftState:
                 out[val] = {"comment": comment, "expires_in": expires_in}
         return out
 
-    def _learn(self, bindings: dict[str, dict]) -> None:
-        """Our belief about which elements exist, from what nft listed."""
+    def _learn(self, held: Held) -> None:
+        """Our belief about which elements exist, from what the sets hold."""
         mono = time.monotonic()
-        self._known = {
-            a: None if b["expires_in"] is None else mono + b["expires_in"]
-            for a, b in bindings.items()
-        }
+        self._known = {a: None if left is None else mono + left
+                       for a, (_, left) in held.items()}
 
-    def _read_bindings(self) -> dict[str, dict]:
-        listing = self._list_table()
-        if listing is None:
+    def _held(self) -> Held | None:
+        """{address: (comment, seconds left or None)} of both bindings sets,
+        from the kernel (see _dump_set); None when one is missing."""
+        for attempt in range(LIST_ATTEMPTS):
+            held: Held = {}
+            try:
+                for name in BINDINGS.values():
+                    self._seq += 1
+                    one = _dump_set(self._nl, name, self._seq)
+                    if one is None:
+                        return None
+                    held.update(one)
+                return held
+            except _Inconsistent:
+                time.sleep(0.05 * (attempt + 1))  # let the kernel finish resizing the set
+            except OSError as e:  # a timeout, or a stale message of a dump we gave up on
+                raise NftError(f"nft: reading the bindings sets: {e}") from None
+        raise NftError(f"the kernel listed a set of table {FAMILY} {TABLE} inconsistently "
+                       f"{LIST_ATTEMPTS} times in a row (an element twice); try again")
+
+    def _read_bindings(self) -> Held:
+        held = self._held()
+        if held is None:
             raise NftError(f"table {FAMILY} {TABLE} is missing: install it first")
-        b = self._bindings(listing)
-        self._learn(b)
-        return b
+        self._learn(held)
+        return held
 
     def read(self) -> dict:
         """{"bindings": {addr: {"comment", "expires_in"}}, "trusted": [cidr],
@@ -360,33 +513,56 @@ class NftState:
             return "yes"
         return "no" if until - mono < -GRACE else "maybe"
 
-    def _commit(self, upserts: dict[str, tuple[int, str]], deletes: Iterable[str]) -> None:
-        """One batch: every address in upserts (addr -> (timeout s, comment))
-        exists afterwards with exactly that timeout and comment; no address in
-        deletes exists. Addresses in canonical form (_addr), each once."""
+    def _commit(self, ops: Iterable[tuple[str, tuple[int, str] | None]]) -> None:
+        """ops: (address, (timeout s, comment)) to add or replace, (address,
+        None) to delete; canonical addresses (_addr), each once, adds and
+        replaces first. Applied CHUNK addresses a batch, each batch atomic;
+        a batch nft refuses is tried once more after reading the sets (likely
+        an element we believed in was gone: deleted by hand, or expired). If
+        it fails again, NftError: the batches before it stay applied."""
+        it = iter(ops)
+        done = 0
+        while chunk := list(itertools.islice(it, CHUNK)):
+            try:
+                self._commit_chunk(chunk)
+            except NftError:
+                try:
+                    self._read_bindings()
+                    self._commit_chunk(chunk)
+                except NftError as e:
+                    if done:
+                        raise NftError(f"{e} (the {done} addresses before it are applied; "
+                                       "the next sync does the rest)") from None
+                    raise
+            done += len(chunk)
+        if done > CHUNK:
+            _give_back_freed_memory()
+
+    def _commit_chunk(self, chunk: list[tuple[str, tuple[int, str] | None]]) -> None:
+        """One batch: every address in chunk with (timeout, comment) exists
+        afterwards with exactly these; every address with None does not."""
         if self._known is None:
             self._read_bindings()
-        mono = time.monotonic()
+        mono = time.monotonic()  # per batch: a later one may run seconds later
         # per set: a first add (only for "maybe" elements), the deletes, the adds
         pre: dict[str, list] = {n: [] for n in BINDINGS.values()}
         dels: dict[str, list] = {n: [] for n in BINDINGS.values()}
         adds: dict[str, list] = {n: [] for n in BINDINGS.values()}
-        for addr, (timeout, comment) in upserts.items():
-            a, v = _addr(addr)
-            elem = {"elem": {"val": a, "timeout": timeout, "comment": _truncate(comment)}}
+        for a, up in chunk:
+            name = BINDINGS[6 if ":" in a else 4]
             state = self._state(a, mono)
-            if state == "maybe":  # add first: then the delete cannot fail
-                pre[BINDINGS[v]].append(elem)
-            if state != "no":
-                dels[BINDINGS[v]].append(a)
-            adds[BINDINGS[v]].append(elem)
-        for addr in deletes:
-            a, v = _addr(addr)
-            state = self._state(a, mono)
+            if up is None:
+                if state == "maybe":  # add first: then the delete cannot fail
+                    pre[name].append({"elem": {"val": a, "timeout": 1}})
+                if state != "no":
+                    dels[name].append(a)
+                continue
+            elem = {"elem": {"val": a, "timeout": up[0], "comment": _truncate(up[1])}}
             if state == "maybe":
-                pre[BINDINGS[v]].append({"elem": {"val": a, "timeout": 1}})
+                pre[name].append(elem)
             if state != "no":
-                dels[BINDINGS[v]].append(a)
+                dels[name].append(a)
+            adds[name].append(elem)
         cmds = []
         for name in BINDINGS.values():
             if pre[name]:
@@ -403,19 +579,11 @@ class NftState:
         except NftError:
             self._known = None  # the failed batch changed nothing, but our belief was wrong
             raise
-        for addr, (timeout, _) in upserts.items():
-            self._known[addr] = mono + timeout  # lower bound: the batch ran after
-        for addr in deletes:
-            self._known.pop(addr, None)
-
-    def _commit_retrying(self, upserts: dict, deletes: list[str]) -> None:
-        try:
-            self._commit(upserts, deletes)
-        except NftError:
-            # Likely an element we believed in was gone (deleted by hand, or
-            # expired): read the sets and try once more.
-            self._read_bindings()
-            self._commit(upserts, deletes)
+        for a, up in chunk:
+            if up is None:
+                self._known.pop(a, None)
+            else:
+                self._known[a] = mono + up[0]  # lower bound: the batch ran after
 
     @staticmethod
     def _timeout(expires: float, now: float) -> int:
@@ -423,51 +591,94 @@ class NftState:
         # never runs out before the binding, and at least 1 (0 means "never")
         return max(1, math.ceil(expires - now))
 
-    def apply(self, changed: dict[str, Element], removed: Iterable[str], now: float) -> None:
-        """One batch: each address in `changed` gets its element with timeout
-        expires - now (at least 1 s) and its comment; each address in
-        `removed` loses its element. A changed address whose expiry is past
-        is removed instead; an address in both is changed."""
-        changed = {_addr(a)[0]: e for a, e in changed.items()}
-        upserts = {a: (self._timeout(e.expires, now), e.comment)
-                   for a, e in changed.items() if e.expires > now}
-        deletes = [a for a, e in changed.items() if e.expires <= now]
-        deletes += [a for a in {_addr(r)[0] for r in removed} if a not in changed]
-        self._commit_retrying(upserts, deletes)
+    def apply(self, changed: Mapping[str, Element], removed: Iterable[str], now: float) -> None:
+        """Each address in `changed` gets its element with timeout expires -
+        now (at least 1 s) and its comment; each address in `removed` loses
+        its element. A changed address whose expiry is past is removed
+        instead; an address in both is changed. One batch up to CHUNK
+        addresses (see _commit)."""
+        gone = {_addr(r)[0] for r in removed}
+        for a in changed:  # a bad address fails the change before nft is touched
+            _addr(a)
 
-    def _diff(self, elements: dict[str, Element], now: float, have: dict[str, dict]):
-        """(want, missing, extra, comment, timeout) between `elements` and `have`."""
-        want = {_addr(a)[0]: e for a, e in elements.items() if e.expires > now}
-        missing = sorted(a for a in want if a not in have)
-        extra = sorted(a for a in have if a not in want)
-        both = [a for a in want if a in have]
-        comment = sorted(a for a in both if have[a]["comment"] != _truncate(want[a].comment))
-        timeout = sorted(
-            a for a in both
-            if have[a]["expires_in"] is None
-            or abs(have[a]["expires_in"] - (want[a].expires - now)) > TIMEOUT_SLACK
-        )
-        return want, missing, extra, comment, timeout
+        def ops() -> Iterator[tuple[str, tuple[int, str] | None]]:
+            # a generator: no second copy of a table of 100,000
+            expired = []
+            odd = set()  # canonical forms of addresses spelt otherwise: each address once
+            for raw, e in changed.items():
+                a = _addr(raw)[0]
+                if a != raw:
+                    if a in changed or a in odd:
+                        continue
+                    odd.add(a)
+                gone.discard(a)
+                if e.expires > now:
+                    yield a, (self._timeout(e.expires, now), e.comment)
+                else:
+                    expired.append(a)
+            yield from ((a, None) for a in expired + sorted(gone))
 
-    def sync(self, elements: dict[str, Element], now: float) -> dict:
+        self._commit(ops())
+
+    def _diff(self, elements: Mapping[str, Element], now: float, have: Held):
+        """Between `elements` and `have` ({address: (comment, seconds left)}):
+        (missing, extra, comment, timeout), sorted lists of canonical
+        addresses, and {canonical: key} for the keys of `elements` spelt
+        otherwise. One pass over `elements`, no copy of it."""
+        missing, comment, timeout = [], [], []
+        wanted: set[str] = set()
+        spelt: dict[str, str] = {}
+        for raw, e in elements.items():
+            if e.expires <= now:
+                continue
+            a = _addr(raw)[0]
+            if a in wanted:
+                continue  # the same address spelt twice: once is enough
+            if a == raw:
+                a = raw  # the caller's string: no second copy of 100,000 addresses
+            elif a in elements:
+                continue  # spelt canonically too: that key counts
+            else:
+                spelt[a] = raw
+            wanted.add(a)
+            h = have.get(a)
+            if h is None:
+                missing.append(a)
+                continue
+            if h[0] != _truncate(e.comment):
+                comment.append(a)
+            if h[1] is None or abs(h[1] - (e.expires - now)) > TIMEOUT_SLACK:
+                timeout.append(a)
+        extra = [a for a in have if a not in wanted]
+        return sorted(missing), sorted(extra), sorted(comment), sorted(timeout), spelt
+
+    def sync(self, elements: Mapping[str, Element], now: float) -> dict:
         """Make the bindings sets exactly `elements` (all the daemon's bindings),
-        in one batch. {"added", "removed", "updated"} counts."""
+        in batches of CHUNK addresses (see _commit). {"added", "removed",
+        "updated"} counts."""
         have = self._read_bindings()
-        want, missing, extra, comment, timeout = self._diff(elements, now, have)
+        missing, extra, comment, timeout, spelt = self._diff(elements, now, have)
+        del have  # the listing: not needed while the batches run
         updated = sorted(set(comment) | set(timeout))
-        upserts = {a: (self._timeout(want[a].expires, now), want[a].comment)
-                   for a in missing + updated}
-        self._commit_retrying(upserts, extra)
+
+        def upsert(a: str) -> tuple[str, tuple[int, str]]:
+            e = elements[spelt.get(a, a)]
+            return a, (self._timeout(e.expires, now), e.comment)
+
+        self._commit(itertools.chain(map(upsert, missing + updated), ((a, None) for a in extra)))
+        _give_back_freed_memory()  # the kernel's dump of every element, parsed
         return {"added": len(missing), "removed": len(extra), "updated": len(updated)}
 
-    def drift(self, elements: dict[str, Element], now: float,
+    def drift(self, elements: Mapping[str, Element], now: float,
               have: dict[str, dict] | None = None) -> dict:
         """What differs between `elements` and the sets: {"missing", "extra",
         "comment"} lists of addresses. Timeouts are not drift. `have`: the
         bindings of a read() the caller just made (each listing costs ~0.5 s
         at 100,000 elements)."""
         if have is None:
-            have = self._bindings(self._list_table())  # no table: everything is missing
-        self._learn(have)
-        _, missing, extra, comment, _ = self._diff(elements, now, have)
+            held = self._held() or {}  # no table: everything is missing
+        else:
+            held = {a: (b["comment"], b["expires_in"]) for a, b in have.items()}
+        self._learn(held)
+        missing, extra, comment, _, _ = self._diff(elements, now, held)
         return {"missing": missing, "extra": extra, "comment": comment}
