@@ -278,11 +278,14 @@ class Sink(Protocol):
     def node_down(self, node: str, now: float): ...
 
 
-# Re-reading one owner's rows (fsevents.read_owner): not before this many
-# seconds after its last event, so that FreeSWITCH's deferred SQL (its
-# queue waits up to about 0.2 s, measured up to 0.3 s) has run and a burst
-# of events for one owner is read once; never later than twice that after
-# the first.
+# Re-reading one owner's rows (fsevents.read_owner). Soon: where FreeSWITCH
+# changed its table before it sent the event (every unregister, and a
+# REGISTER whose deferred delete cannot touch another row); 50 ms gathers a
+# burst of events for one owner into one read. Late: where its deferred
+# delete may matter, this long after FreeSWITCH made the event (its
+# Event-Date-Timestamp: it sometimes sends one 0.5 s late), so that its SQL
+# queue (it waits up to about 0.2 s, measured up to 0.3 s) has run.
+REREAD_SOON = 0.05
 REREAD_DELAY = 0.4
 REREAD_BATCH = 64  # owners asked for at once (pipelined on the connection)
 REREAD_BACKLOG = 5000  # beyond this many waiting owners, one full resync instead
@@ -351,9 +354,10 @@ class EndpointRunner:
     that this module stays about the socket only.
 
     Re-reads: where the sink says an event could not tell everything it
-    changed (Diff.reread), the owners named are read again after
-    `reread_delay`, coalesced per owner, up to REREAD_BATCH at once, never
-    during a resync. An owner that cannot be read, or a backlog beyond
+    changed (Diff.reread, Diff.reread_late), the owners named are read
+    again REREAD_SOON after the event, or `reread_delay` after FreeSWITCH
+    made it, coalesced per owner, up to REREAD_BATCH at once, never during
+    a resync. An owner that cannot be read, or a backlog beyond
     REREAD_BACKLOG, makes it one full resync instead.
 
     Drift: from the second resync on, the bindings a resync added or
@@ -383,8 +387,9 @@ class EndpointRunner:
         self.events_applied = 0
         self.events_skipped = 0
         self._held: list[Frame] | None = []  # None: apply at once
-        # owner -> (first asked, due), monotonic seconds
-        self._pending: dict[tuple, tuple[float, float]] = {}
+        # owner -> when to read it (monotonic): soon, and late as (first asked, due)
+        self._pending: dict[tuple, float] = {}
+        self._late: dict[tuple, tuple[float, float]] = {}
         self._pending_wake = asyncio.Event()
         self._api_lock = asyncio.Lock()  # a resync and a re-read batch never overlap
         self._full_resync_wanted = False
@@ -422,6 +427,7 @@ class EndpointRunner:
         self.state = "down"
         self.last_error = why
         self._pending.clear()  # the resync after the reconnect reads everything
+        self._late.clear()
         if was != "down":
             log.log(level, "ESL %s: %s", self.endpoint.name, why)
         self._deliver(self.sink.node_down(self.endpoint.name, self.clock()))
@@ -489,7 +495,7 @@ class EndpointRunner:
         in the DRIFT_WINDOW after it (see the class docstring)."""
         since = started - DRIFT_WINDOW
         recent = self._recent
-        pending = {_cred(o[1], o[2]) for o in self._pending}
+        pending = {_cred(o[1], o[2]) for o in (*self._pending, *self._late)}
 
         def missed(bs):
             return {b for b in bs if recent.get((b.user, b.realm), -1.0) < since
@@ -529,52 +535,79 @@ class EndpointRunner:
         self._recent_limit = 2 * len(self._recent) + 4096  # amortised: O(1) per event
 
     # -- re-reading one owner -----------------------------------------------------
-    def _ask(self, owners) -> None:
+    def _ask(self, soon, late, fired: float) -> None:
         now = time.monotonic()
-        for owner in owners:
-            first, _ = self._pending.get(owner, (now, now))
-            # after its last event, but no later than twice the delay after its first
-            self._pending[owner] = (first, min(now + self.reread_delay,
-                                               first + 2 * self.reread_delay))
+        for owner in soon:
+            self._pending.setdefault(owner, now + REREAD_SOON)
+        if late:
+            # how long ago FreeSWITCH made the event (0 when unknown; the
+            # clocks are one host's, but trust no more than the delay)
+            age = min(max(self.clock() - fired, 0.0), self.reread_delay) if fired else 0.0
+            due = now + max(REREAD_SOON, self.reread_delay - age)
+            for owner in late:
+                first, have = self._late.get(owner, (now, due))
+                # after its last event's SQL, but no later than twice the delay
+                self._late[owner] = (first, min(max(have, due), first + 2 * self.reread_delay))
         self._pending_wake.set()
+
+    def _due(self, now: float) -> list[tuple]:
+        """The owners to read now (at most REREAD_BATCH), taken off the
+        schedules; a late read answers a soon one too."""
+        due = dict.fromkeys(o for o, t in self._pending.items() if t <= now)
+        due.update(dict.fromkeys(o for o, (_, t) in self._late.items() if t <= now))
+        owners = list(due)[:REREAD_BATCH]
+        for owner in owners:
+            self._pending.pop(owner, None)
+            if owner in self._late and self._late[owner][1] <= now:
+                del self._late[owner]
+        return owners
 
     async def _reread_loop(self, conn: EslConnection) -> None:
         while True:
-            if self._full_resync_wanted or len(self._pending) > REREAD_BACKLOG:
+            waiting = len(self._pending) + len(self._late)
+            if self._full_resync_wanted or waiting > REREAD_BACKLOG:
                 wait = self._last_fallback + REREAD_FALLBACK_INTERVAL - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
                 self._full_resync_wanted = False
                 self._pending.clear()
+                self._late.clear()
                 self.reread_fallbacks += 1
                 self._last_fallback = time.monotonic()
                 log.info("ESL %s: a full resync in place of re-reading single users",
                          self.endpoint.name)
                 await self._resync(conn)
                 continue
-            if not self._pending:
+            if not waiting:
                 self._pending_wake.clear()
                 await self._pending_wake.wait()
                 continue
             now = time.monotonic()
-            due = [o for o, (_, t) in self._pending.items() if t <= now][:REREAD_BATCH]
+            due = self._due(now)
             if not due:
-                await asyncio.sleep(min(t for _, t in self._pending.values()) - now)
+                nxt = min([*self._pending.values(), *(t for _, t in self._late.values())])
+                await asyncio.sleep(nxt - now)
                 continue
-            for owner in due:
-                del self._pending[owner]
             async with self._api_lock:
-                answers = await asyncio.gather(*(self._reread(conn, o) for o in due))
-                for owner, rows in zip(due, answers, strict=True):
-                    self.rereads += 1
-                    if rows is None:
-                        log.info("ESL %s: cannot read the rows of %s@%s (profile %r) alone",
-                                 self.endpoint.name, owner[1], owner[2], owner[0])
-                        self._full_resync_wanted = True
-                        continue
-                    self._recent[_cred(owner[1], owner[2])] = time.monotonic()
-                    self._deliver(self.sink.replace(self.endpoint.name, owner, rows,
-                                                    self.clock()))
+                # events that come meanwhile are applied after the answers,
+                # as after a resync: an answer may be older than such an event
+                self._held = []
+                try:
+                    answers = await asyncio.gather(*(self._reread(conn, o) for o in due))
+                    for owner, rows in zip(due, answers, strict=True):
+                        self.rereads += 1
+                        if rows is None:
+                            log.info("ESL %s: cannot read the rows of %s@%s (profile %r) "
+                                     "alone", self.endpoint.name, owner[1], owner[2], owner[0])
+                            self._full_resync_wanted = True
+                            continue
+                        self._recent[_cred(owner[1], owner[2])] = time.monotonic()
+                        self._deliver(self.sink.replace(self.endpoint.name, owner, rows,
+                                                        self.clock()))
+                finally:
+                    held, self._held = self._held, None
+                    for frame in held:
+                        self._apply(frame)
 
     def _apply(self, frame: Frame) -> None:
         try:
@@ -593,6 +626,7 @@ class EndpointRunner:
         if len(recent) > self._recent_limit and self._held is None:
             self._forget_recent(now)
         diff = self.sink.apply(self.endpoint.name, event, self.clock())
-        if getattr(diff, "reread", None) and self._reread is not None:
-            self._ask(diff.reread)
+        if self._reread is not None and (getattr(diff, "reread", None)
+                                         or getattr(diff, "reread_late", None)):
+            self._ask(diff.reread, diff.reread_late, getattr(event, "fired", 0.0))
         self._deliver(diff)

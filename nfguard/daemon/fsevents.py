@@ -39,9 +39,12 @@ and even on whether the phone answered the challenge with qop (sofia_reg.c,
   Call-ID and another expiry are deleted. `Expires: 0` deletes every row of
   that Call-ID.
 
-"Deferred" is FreeSWITCH's SQL queue: up to about 0.3 s after the event.
-Where an event cannot say exactly which rows changed, the registry asks for
-the owner's rows again (`sofia xmlstatus profile P user U@H`, read_owner()).
+"Deferred" is FreeSWITCH's SQL queue: up to about 0.3 s after the event
+(and the socket-close unregister's delete is deferred too). Every other
+delete and insert is done before the event is sent. Where an event cannot
+say exactly which rows changed, the registry asks for the owner's rows
+again (`sofia xmlstatus profile P user U@H`, read_owner()): soon, or,
+where a deferred delete may matter, once it has run.
 
 The snapshot comes from `sofia xmlstatus` (profile names) and `sofia
 xmlstatus profile NAME reg` (the same table the events come from, with
@@ -92,6 +95,7 @@ class Registration:
 @dataclass(frozen=True)
 class Registered:
     reg: Registration
+    fired: float = 0.0  # when FreeSWITCH made the event (Event-Date-Timestamp), 0 unknown
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class Unregistered:
     reg_user: str = ""  # the owner (sip_user, sip_host); "" = user, realm
     reg_host: str = ""
     ip: str = ""  # network-ip, where the event has it
+    fired: float = 0.0  # when FreeSWITCH made the event (Event-Date-Timestamp), 0 unknown
 
     @property
     def owner(self) -> tuple[str, str, str]:
@@ -197,6 +202,7 @@ def parse_event(frame: Frame, node: str, now: float,
     not change bindings. ValueError (with the reason) for a malformed one."""
     h = event_headers(frame)
     subclass = h.get("Event-Subclass", "")
+    fired = _fired(h.get("Event-Date-Timestamp", ""))
     if subclass == "sofia::register":
         user, realm, ip, port, expires, profile, call_id = _required(
             h, "username", "realm", "network-ip", "network-port", "expires",
@@ -206,25 +212,31 @@ def parse_event(frame: Frame, node: str, now: float,
             expires=now + _seconds(expires, "expires") + late_margin,
             profile=profile, contact=h.get("contact", ""), call_id=call_id, node=node,
             reg_user=_unless_same(h.get("from-user", ""), user),
-            reg_host=_unless_same(h.get("from-host", ""), realm)))
+            reg_host=_unless_same(h.get("from-host", ""), realm)), fired)
     if subclass == "sofia::unregister":
         profile, call_id = _required(h, "profile-name", "call-id")
         if h.get("reason") == "socket-disconnection" or "contact" not in h:
             # no contact, no address: every row of this call-id and user
             return Unregistered(profile, call_id, None, h.get("from-user", ""),
-                                h.get("from-host", ""), "socket-disconnection")
+                                h.get("from-host", ""), "socket-disconnection", fired=fired)
         user, realm = _required(h, "username", "realm")
         return Unregistered(profile, call_id, h["contact"], user, realm, "unregister",
                             h.get("from-user", ""), h.get("from-host", ""),
-                            _ip_or_empty(h.get("network-ip", "")))
+                            _ip_or_empty(h.get("network-ip", "")), fired)
     if subclass == "sofia::expire":
         # user/username are the row's sip_user, host its sip_host
         profile, call_id, contact, user, realm = _required(
             h, "profile-name", "call-id", "contact", "username", "realm")
         return Unregistered(profile, call_id, contact, user, realm, "expire",
                             h.get("user", ""), h.get("host", ""),
-                            _ip_or_empty(h.get("network-ip", "")))
+                            _ip_or_empty(h.get("network-ip", "")), fired)
     return None
+
+
+def _fired(text: str) -> float:
+    """Event-Date-Timestamp (microseconds since the epoch) in seconds; 0
+    when absent or unreadable."""
+    return int(text) / 1e6 if text.isdigit() else 0.0
 
 
 def _unless_same(owner_part: str, cred: str) -> str:

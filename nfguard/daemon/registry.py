@@ -99,8 +99,10 @@ class Diff:
     added: dict[Binding, float] = field(default_factory=dict)  # new, or expiry moved
     removed: set[Binding] = field(default_factory=set)
     rejected: list[tuple[Registration, str]] = field(default_factory=list)
-    # owners whose rows FreeSWITCH must be asked for (apply() only)
+    # owners whose rows FreeSWITCH must be asked for (apply() only): soon,
+    # or once FreeSWITCH's deferred SQL has run (a shared contact or Call-ID)
     reread: set[Owner] = field(default_factory=set)
+    reread_late: set[Owner] = field(default_factory=set)
     # bindings a resync added that the registry did not hold (resync() of
     # a node that had synced before): with `removed`, the event stream's misses
     appeared: set[Binding] = field(default_factory=set)
@@ -118,6 +120,7 @@ class Diff:
             self.removed.add(b)
         self.rejected.extend(later.rejected)
         self.reread |= later.reread
+        self.reread_late |= later.reread_late
         return self
 
 
@@ -203,23 +206,25 @@ class Registry:
         diff, touched = Diff(), set()
         if isinstance(event, Registered):
             key = row_key(event.reg)
-            diff.reread = self._sharers(node, key, {key})
+            owners, shared = self._sharers(node, key, {key})
+            # a REGISTER's deferred delete goes by contact or Call-ID
+            (diff.reread_late if shared else diff.reread).update(owners)
             self._store(node, event.reg, touched, diff)
         elif isinstance(event, Unregistered):
             owner = event.owner
             if event.contact is None:
-                # the socket-close unregister: FreeSWITCH deletes the rows
-                # of this call-id at the socket's address, which it does
-                # not name; this drops the owner's rows of the call-id
+                # the socket-close unregister: FreeSWITCH deletes (deferred)
+                # the rows of this call-id at the socket's address, which
+                # it does not name; this drops the owner's rows of the call-id
                 keys = {k for k in _index_items(self._by_owner.get(node, {}), owner)
                         if k[3] == event.call_id}
-                if len(keys) > 1:
-                    diff.reread = {owner}
-                diff.reread |= self._sharers(node, owner + (event.call_id, None), keys)
+                owners, _ = self._sharers(node, owner + (event.call_id, None), keys)
+                diff.reread_late = owners | ({owner} if len(keys) > 1 else set())
             else:
                 keys = {owner + (event.call_id, event.contact)}
                 if event.why != "expire":  # an expiry names every row it deletes
-                    diff.reread = self._sharers(node, next(iter(keys)), keys)
+                    # an unregister deletes before its event: no deferred SQL
+                    diff.reread = self._sharers(node, next(iter(keys)), keys)[0]
             for key in keys:
                 self._drop(node, key, touched)
                 self.rejected.pop((node, key), None)
@@ -227,21 +232,22 @@ class Registry:
             raise TypeError(f"not a registry event: {event!r}")
         return self._settle(touched, diff)
 
-    def _sharers(self, node: str, key: RowKey, exact: set[RowKey]) -> set[Owner]:
+    def _sharers(self, node: str, key: RowKey, exact: set[RowKey]) -> tuple[set[Owner], bool]:
         """The owners to re-read when an event names `key`: none when no
         other row of the node shares its owner, Call-ID or contact (then
-        the event is exact in every mode); else its owner and theirs."""
+        the event is exact in every mode); else its owner and theirs. And
+        whether another row shares its Call-ID or contact."""
         owner, call_id, contact = key[:3], key[3], key[4]
         others = [k for k in _index_items(self._by_owner.get(node, {}), owner)
                   if k not in exact]
-        profile = key[0]
+        profile, mine = key[0], len(others)
         for index, value in ((self._by_call, call_id), (self._by_contact, contact)):
             if value is not None:
                 others.extend(k for k in _index_items(index.get(node, {}), value)
                               if k not in exact and k[0] == profile)
         if not others:
-            return set()
-        return {owner} | {k[:3] for k in others}
+            return set(), False
+        return {owner} | {k[:3] for k in others}, len(others) > mine
 
     def replace(self, node: str, owner: Owner, regs: Iterable[Registration],
                 now: float) -> Diff:

@@ -84,11 +84,14 @@ REGISTER_TEMPLATE: dict[str, str] = {
 
 def register_frame(user: str, realm: str, ip: str, port: int = 5060, call_id: str = "",
                    expires: int = 300, subclass: str = "sofia::register",
-                   contact: str = "") -> bytes:
+                   contact: str = "", fired: float | None = None) -> bytes:
     """A sofia::register (or unregister/expire) JSON event frame: the
-    captured register of 1001 with these values put in."""
+    captured register of 1001 with these values put in, made (its
+    Event-Date-Timestamp) now or at `fired`."""
     body = dict(REGISTER_TEMPLATE)
+    stamp = time.time() if fired is None else fired
     body.update({"Event-Subclass": subclass, "username": user, "realm": realm,
+                 "Event-Date-Timestamp": str(int(stamp * 1e6)),
                  "from-user": user, "from-host": realm, "to-user": user, "to-host": realm,
                  "network-ip": ip, "network-port": str(port),
                  "contact": contact or f'"" <sip:{user}@{ip}:{port}>',
