@@ -32,12 +32,17 @@ def kernel_unavailable() -> str | None:
     return None
 
 
-def need_kernel() -> None:
-    why = kernel_unavailable()
+def cannot_run(why: str | None) -> None:
+    """Skip for why, or fail under NFGUARD_REQUIRE_KERNEL=1 (CI), where
+    nothing that needs the kernel or FreeSWITCH may skip."""
     if why:
         if REQUIRE_KERNEL:
             pytest.fail(f"NFGUARD_REQUIRE_KERNEL=1 but {why}")
         pytest.skip(why)
+
+
+def need_kernel() -> None:
+    cannot_run(kernel_unavailable())
 
 
 @pytest.fixture(scope="session")
@@ -94,11 +99,7 @@ def need_freeswitch() -> None:
     need_kernel()
     from nfguard.lab.freeswitch import unavailable
 
-    why = unavailable()
-    if why:
-        if REQUIRE_KERNEL:
-            pytest.fail(f"NFGUARD_REQUIRE_KERNEL=1 but {why}")
-        pytest.skip(why)
+    cannot_run(unavailable())
 
 
 @pytest.fixture(scope="module")
