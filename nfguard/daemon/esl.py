@@ -325,9 +325,11 @@ def _event_creds(event) -> list[tuple[str, str]]:
 class Backoff:
     """Exponential backoff with full jitter: the n-th wait is uniform in
     [0, min(cap, initial * 2**n)], so that a cluster of controllers does
-    not reconnect in step after a FreeSWITCH restart."""
+    not reconnect in step after a FreeSWITCH restart. The cap is short: the
+    mirror must follow FreeSWITCH within about a second of its Event Socket
+    answering again, and a refused connect costs next to nothing."""
     initial: float = 0.5
-    cap: float = 30.0
+    cap: float = 1.0
     rng: random.Random = field(default_factory=random.Random)
     attempt: int = 0
 

@@ -49,6 +49,7 @@ CACHE_DIR = "/var/cache/nfguard-test"
 SIP_IP = topology.ADDR["ipv4"]["pbx1"]
 ESL_IP = "127.0.0.1"
 API_SRC = "127.0.0.2"  # the harness's ESL source address (see the module doc)
+FLUSH_SETTLE = 1.0  # seconds: see FreeSwitch.flush()
 DEFAULT_PROFILES = {"internal": {"port": 5060, "multiple_registrations": None}}
 MODES = (None, "contact", "true", "call-id")
 # conf-example's directory: realm -> user -> password
@@ -413,6 +414,10 @@ class FreeSwitch:
             if time.monotonic() > deadline:
                 raise FreeSwitchError(f"flush_inbound_reg left rows after {timeout:g} s")
             time.sleep(0.05)
+        # The flush's delete is deferred (FreeSWITCH's SQL queue) and also
+        # takes a REGISTER that arrives shortly after it, with no event:
+        # let it pass before anyone registers again.
+        time.sleep(FLUSH_SETTLE)
 
     def log_tail(self, n: int = 3000) -> str:
         text = ""
