@@ -73,6 +73,21 @@ def test_bench_esl_json():
         assert result[key] > 0, key
 
 
+def test_bench_mirror_json():
+    """The ESL load of the exact mirror: refreshes of lone rows cost no
+    re-read, moves cost one each, never a full read, and every run ends with
+    the registry equal to the table (the bench fails otherwise)."""
+    out = nfguard("bench", "mirror", "--rounds", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert set(r["mixes"]) == {"lone_refreshes", "two_devices_refreshes", "moves_10pct",
+                               "moves_all"}
+    assert r["mixes"]["lone_refreshes"]["rereads_per_s"] == 0
+    assert r["mixes"]["moves_all"]["rereads_per_s"] > 0
+    assert all(m["full_reads"] == 0 for m in r["mixes"].values())
+    assert 0 < r["move_lag_ms"]["p50"] <= r["move_lag_ms"]["max"]
+
+
 def test_bench_sync_json():
     """The controller's targets; in a network namespace of its own."""
     need_kernel()

@@ -3,9 +3,12 @@
 Targets (one function each in TARGETS; `xdp` is the default):
 
 - sync: 100,000 bindings into the map and nft sets, and registration to
-  enforcement latency at 1,000 registrations a second (nfguard/bench_sync.py).
+  enforcement latency at 1,000 registrations a second (nfguard/bench/sync.py).
 - esl: FreeSWITCH events parsed per second and a resync of 100,000
-  registrations into the registry (nfguard/bench_esl.py).
+  registrations into the registry (nfguard/bench/esl.py).
+- mirror: the ESL load of keeping the mirror exact at 1,000 registrations
+  a second, and the lag of a move (nfguard/bench/mirror.py; --rounds is
+  the seconds of events per traffic mix).
 
 - xdp: ns per packet of the XDP classifier under BPF_PROG_TEST_RUN with
   repeat, for a set of typical and worst-case frames, next to a bare XDP_PASS
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 
 from nfguard import packets
 from nfguard.bench.esl import bench_esl, print_esl
+from nfguard.bench.mirror import bench_mirror, print_mirror
 from nfguard.bench.sync import bench_sync, print_sync
 from nfguard.errors import NfguardError
 
@@ -258,6 +262,7 @@ TARGETS: dict[str, tuple[Callable[[int, int, int], dict],
     "xdp": (bench_xdp, _print_xdp),
     "esl": (bench_esl, print_esl),
     "sync": (bench_sync, print_sync),
+    "mirror": (bench_mirror, print_mirror),
 }
 
 
