@@ -60,6 +60,7 @@ import gc
 import ipaddress
 import json
 import re
+import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -86,10 +87,23 @@ class Registration:
     reg_user: str = ""
     reg_host: str = ""
 
+    def __post_init__(self) -> None:
+        # The values many rows repeat, one string each (a large table holds
+        # 100,000 rows of a few realms, profiles and one node).
+        for name in _SHARED:
+            value = getattr(self, name)
+            if type(value) is str:
+                _set(self, name, _intern(value))
+
     @property
     def owner(self) -> tuple[str, str, str]:
         """(profile, sip_user, sip_host): whose rows a REGISTER rewrites."""
         return (self.profile, self.reg_user or self.user, self.reg_host or self.realm)
+
+
+_SHARED = ("realm", "profile", "node", "reg_host")
+_set = object.__setattr__  # the row is frozen: its own fields, once, as it is made
+_intern = sys.intern
 
 
 @dataclass(frozen=True)

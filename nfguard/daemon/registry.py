@@ -61,12 +61,15 @@ def kernel_case(text: str) -> str:
 _new_binding = tuple.__new__  # a NamedTuple without its slow keyword __new__
 
 
+def _lowered(text: str) -> str:
+    """kernel_case(), the same string object when nothing changes (most
+    users and realms: no second copy held per binding)."""
+    low = text.lower() if text.isascii() else kernel_case(text)
+    return text if low == text else low
+
+
 def binding_of(reg: Registration) -> Binding:
-    user, realm = reg.user, reg.realm
-    return _new_binding(Binding, (
-        user.lower() if user.isascii() else kernel_case(user),
-        realm.lower() if realm.isascii() else kernel_case(realm),
-        reg.ip))
+    return _new_binding(Binding, (_lowered(reg.user), _lowered(reg.realm), reg.ip))
 
 
 def _bytes_len(text: str) -> int:
@@ -173,7 +176,9 @@ class Registry:
         self._by_call: dict[str, dict[str, RowKey | set[RowKey]]] = {}
         self._by_contact: dict[str, dict[str, RowKey | set[RowKey]]] = {}
         self._effective: dict[Binding, float] = {}
-        self._heap: list[tuple[float, str, RowKey, float]] = []
+        # (until, (node, key), the row's expires): the (node, key) tuple is
+        # the one _holders holds
+        self._heap: list[tuple[float, tuple[str, RowKey], float]] = []
         self.down_since: dict[str, float] = {}
         self.rejected: dict[tuple[str, RowKey], tuple[Registration, str]] = {}
         self._synced: set[str] = set()  # nodes that have had a full resync
@@ -339,17 +344,20 @@ class Registry:
                 _index_add(by_contact, contact, key)
             else:
                 by_contact[contact] = key
-            b = _new_binding(Binding, (user.lower(), realm.lower(), reg.ip))
+            low_user, low_realm = user.lower(), realm.lower()
+            b = _new_binding(Binding, (user if low_user == user else low_user,
+                                       realm if low_realm == realm else low_realm, reg.ip))
             until = reg.expires if up else self._row_expiry(node, reg)
+            holder = (node, key)
             if b in holders:
-                _index_add(holders, b, (node, key))
+                _index_add(holders, b, holder)
                 touched.add(b)
             else:  # a binding of this row alone: settled here
-                holders[b] = (node, key)
+                holders[b] = holder
                 effective[b] = added[b] = until + grace
                 if track:
                     diff.appeared.add(b)
-            heap.append((until, node, key, reg.expires))
+            heap.append((until, holder, reg.expires))
         if self.rejected:
             for key, _ in regs:
                 self.rejected.pop((node, key), None)
@@ -364,7 +372,7 @@ class Registry:
         self.down_since[node] = now
         touched = {binding_of(reg) for reg in self._rows.get(node, {}).values()}
         for key, reg in self._rows.get(node, {}).items():
-            self._schedule(node, key, reg)
+            self._schedule((node, key), reg)
         return self._settle(touched, Diff())
 
     def expire(self, now: float) -> Diff:
@@ -372,13 +380,14 @@ class Registry:
         touched: set[Binding] = set()
         heap = self._heap
         while heap and heap[0][0] + self.grace <= now:
-            _, node, key, stamp = heapq.heappop(heap)
+            _, holder, stamp = heapq.heappop(heap)
+            node, key = holder
             reg = self._rows.get(node, {}).get(key)
             if reg is None or reg.expires != stamp:
                 continue  # replaced or gone since it was scheduled
             until = self._row_expiry(node, reg)
             if until + self.grace > now:
-                heapq.heappush(heap, (until, node, key, stamp))
+                heapq.heappush(heap, (until, holder, stamp))
                 continue
             self._drop(node, key, touched)
         return self._settle(touched, Diff())
@@ -389,8 +398,8 @@ class Registry:
             return reg.expires
         return max(reg.expires, self.down_since[node] + self.degraded_grace)
 
-    def _schedule(self, node: str, key: RowKey, reg: Registration) -> None:
-        heapq.heappush(self._heap, (self._row_expiry(node, reg), node, key, reg.expires))
+    def _schedule(self, holder: tuple[str, RowKey], reg: Registration) -> None:
+        heapq.heappush(self._heap, (self._row_expiry(holder[0], reg), holder, reg.expires))
 
     def _forget(self, node: str) -> None:
         """The node holds no rows: drop its (empty) tables."""
@@ -427,7 +436,7 @@ class Registry:
         b = binding_of(reg)
         _index_add(self._holders, b, holder)
         touched.add(b)
-        self._schedule(node, key, reg)
+        self._schedule(holder, reg)
 
     def _drop(self, node: str, key: RowKey, touched: set) -> None:
         rows = self._rows.get(node)
