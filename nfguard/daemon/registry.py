@@ -300,17 +300,17 @@ class Registry:
             self._drop(node, key, touched)
         for key in [k for (n, k) in self.rejected if n == node and k not in fresh]:
             del self.rejected[(node, key)]
-        new_rows = []
-        for key, reg in fresh.items():
-            have = old.get(key)
-            if have is None:
-                new_rows.append((key, reg))
-            elif not self._same(have, reg):
-                self._store(node, reg, touched, diff)
-        self._insert(node, new_rows, touched, diff, track)
+        if old:
+            for key, reg in fresh.items():
+                have = old.get(key)
+                if have is not None and not self._same(have, reg):
+                    self._store(node, reg, touched, diff)
+        # the new rows as they are read: no list of the whole table
+        self._insert(node, ((k, reg) for k, reg in fresh.items() if k not in old),
+                     touched, diff, track)
         return self._settle(touched, diff, track)
 
-    def _insert(self, node: str, regs: list[tuple[RowKey, Registration]], touched: set,
+    def _insert(self, node: str, regs: Iterable[tuple[RowKey, Registration]], touched: set,
                 diff: Diff, track: bool) -> None:
         """_store() for rows the node does not hold yet, in bulk: the whole
         table on a first sync, where per-row calls would double the time."""
@@ -322,12 +322,17 @@ class Registry:
         holders, effective, added = self._holders, self._effective, diff.added
         user_max, realm_max, grace = self.user_max, self.realm_max, self.grace
         up = node not in self.down_since
+        rejected = self.rejected
         for key, reg in regs:
             user, realm = reg.user, reg.realm
             if not (user.isascii() and realm.isascii() and len(user) <= user_max
                     and len(realm) <= realm_max):
                 self._store(node, reg, touched, diff)  # maybe rejected
+                if rejected:
+                    rejected.pop((node, key), None)
                 continue
+            if rejected:
+                rejected.pop((node, key), None)
             rows[key] = reg
             # the indexes inline: nearly every entry is new and single
             owner = key[:3]
@@ -358,9 +363,6 @@ class Registry:
                 if track:
                     diff.appeared.add(b)
             heap.append((until, holder, reg.expires))
-        if self.rejected:
-            for key, _ in regs:
-                self.rejected.pop((node, key), None)
         if not rows:
             self._forget(node)
         heapq.heapify(heap)
