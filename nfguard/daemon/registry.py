@@ -86,15 +86,17 @@ def too_long(reg: Registration, user_max: int = USER_MAX, realm_max: int = REALM
     return ""
 
 
-# A row's key within its node: (profile, sip_user, sip_host, call_id,
-# contact); its first three are the owner (fsevents.Registration.owner).
+# A row's key: (profile, sip_user, sip_host, call_id, contact, node); its
+# first three are the owner (fsevents.Registration.owner). The node is in
+# it so that the key alone names the row: the binding's holder and the
+# expiry heap hold the key itself, no (node, key) tuple per row.
 RowKey = tuple
 Owner = tuple  # (profile, sip_user, sip_host)
 
 
-def row_key(reg: Registration) -> RowKey:
+def row_key(reg: Registration, node: str) -> RowKey:
     return (reg.profile, reg.reg_user or reg.user, reg.reg_host or reg.realm, reg.call_id,
-            reg.contact)
+            reg.contact, node)
 
 
 @dataclass
@@ -168,7 +170,7 @@ class Registry:
         self.user_max = user_max
         self.realm_max = realm_max
         self._rows: dict[str, dict[RowKey, Registration]] = {}
-        # binding -> its row (node, key), or a set of them when several
+        # binding -> its row's key, or a set of them when several
         self._holders: dict[Binding, tuple | set[tuple]] = {}
         # node -> owner / call-id / contact -> row key(s): who else an event
         # may have touched
@@ -176,9 +178,8 @@ class Registry:
         self._by_call: dict[str, dict[str, RowKey | set[RowKey]]] = {}
         self._by_contact: dict[str, dict[str, RowKey | set[RowKey]]] = {}
         self._effective: dict[Binding, float] = {}
-        # (until, (node, key), the row's expires): the (node, key) tuple is
-        # the one _holders holds
-        self._heap: list[tuple[float, tuple[str, RowKey], float]] = []
+        # (until, row key, the row's expires)
+        self._heap: list[tuple[float, RowKey, float]] = []
         self.down_since: dict[str, float] = {}
         self.rejected: dict[tuple[str, RowKey], tuple[Registration, str]] = {}
         self._synced: set[str] = set()  # nodes that have had a full resync
@@ -210,7 +211,7 @@ class Registry:
         other rows it may have changed too (see the module docstring)."""
         diff, touched = Diff(), set()
         if isinstance(event, Registered):
-            key = row_key(event.reg)
+            key = row_key(event.reg, node)
             owners, shared = self._sharers(node, key, {key})
             # a REGISTER's deferred delete goes by contact or Call-ID
             (diff.reread_late if shared else diff.reread).update(owners)
@@ -226,7 +227,7 @@ class Registry:
                 owners, _ = self._sharers(node, owner + (event.call_id, None), keys)
                 diff.reread_late = owners | ({owner} if len(keys) > 1 else set())
             else:
-                keys = {owner + (event.call_id, event.contact)}
+                keys = {owner + (event.call_id, event.contact, node)}
                 if event.why != "expire":  # an expiry names every row it deletes
                     # an unregister deletes before its event: no deferred SQL
                     diff.reread = self._sharers(node, next(iter(keys)), keys)[0]
@@ -259,7 +260,7 @@ class Registry:
         """Replace the node's rows of one owner with what FreeSWITCH says
         it holds now (fsevents.read_owner)."""
         diff, touched = Diff(), set()
-        fresh = {row_key(reg): reg for reg in regs if reg.owner == owner}
+        fresh = {row_key(reg, node): reg for reg in regs if reg.owner == owner}
         for key in _index_items(self._by_owner.get(node, {}), owner):
             if key not in fresh:
                 self._drop(node, key, touched)
@@ -295,7 +296,7 @@ class Registry:
         fresh: dict[RowKey, Registration] = {}
         for reg in regs:
             fresh[(reg.profile, reg.reg_user or reg.user, reg.reg_host or reg.realm,
-                   reg.call_id, reg.contact)] = reg
+                   reg.call_id, reg.contact, node)] = reg
         for key in [k for k in old if k not in fresh]:
             self._drop(node, key, touched)
         for key in [k for (n, k) in self.rejected if n == node and k not in fresh]:
@@ -353,16 +354,15 @@ class Registry:
             b = _new_binding(Binding, (user if low_user == user else low_user,
                                        realm if low_realm == realm else low_realm, reg.ip))
             until = reg.expires if up else self._row_expiry(node, reg)
-            holder = (node, key)
             if b in holders:
-                _index_add(holders, b, holder)
+                _index_add(holders, b, key)
                 touched.add(b)
             else:  # a binding of this row alone: settled here
-                holders[b] = holder
+                holders[b] = key
                 effective[b] = added[b] = until + grace
                 if track:
                     diff.appeared.add(b)
-            heap.append((until, holder, reg.expires))
+            heap.append((until, key, reg.expires))
         if not rows:
             self._forget(node)
         heapq.heapify(heap)
@@ -374,7 +374,7 @@ class Registry:
         self.down_since[node] = now
         touched = {binding_of(reg) for reg in self._rows.get(node, {}).values()}
         for key, reg in self._rows.get(node, {}).items():
-            self._schedule((node, key), reg)
+            self._schedule(key, reg)
         return self._settle(touched, Diff())
 
     def expire(self, now: float) -> Diff:
@@ -382,14 +382,14 @@ class Registry:
         touched: set[Binding] = set()
         heap = self._heap
         while heap and heap[0][0] + self.grace <= now:
-            _, holder, stamp = heapq.heappop(heap)
-            node, key = holder
+            _, key, stamp = heapq.heappop(heap)
+            node = key[5]
             reg = self._rows.get(node, {}).get(key)
             if reg is None or reg.expires != stamp:
                 continue  # replaced or gone since it was scheduled
             until = self._row_expiry(node, reg)
             if until + self.grace > now:
-                heapq.heappush(heap, (until, holder, stamp))
+                heapq.heappush(heap, (until, key, stamp))
                 continue
             self._drop(node, key, touched)
         return self._settle(touched, Diff())
@@ -400,8 +400,8 @@ class Registry:
             return reg.expires
         return max(reg.expires, self.down_since[node] + self.degraded_grace)
 
-    def _schedule(self, holder: tuple[str, RowKey], reg: Registration) -> None:
-        heapq.heappush(self._heap, (self._row_expiry(holder[0], reg), holder, reg.expires))
+    def _schedule(self, key: RowKey, reg: Registration) -> None:
+        heapq.heappush(self._heap, (self._row_expiry(key[5], reg), key, reg.expires))
 
     def _forget(self, node: str) -> None:
         """The node holds no rows: drop its (empty) tables."""
@@ -409,7 +409,7 @@ class Registry:
             table.pop(node, None)
 
     def _store(self, node: str, reg: Registration, touched: set, diff: Diff) -> None:
-        key = row_key(reg)
+        key = row_key(reg, node)
         user, realm = reg.user, reg.realm
         if not (user.isascii() and realm.isascii() and len(user) <= self.user_max
                 and len(realm) <= self.realm_max):
@@ -425,10 +425,9 @@ class Registry:
         if rows is None:
             rows = self._rows[node] = {}
         old = rows.get(key)
-        holder = (node, key)
         if old is not None:
             old_b = binding_of(old)
-            _index_remove(self._holders, old_b, holder)
+            _index_remove(self._holders, old_b, key)
             touched.add(old_b)
         else:
             _index_add(self._by_owner.setdefault(node, {}), key[:3], key)
@@ -436,9 +435,9 @@ class Registry:
             _index_add(self._by_contact.setdefault(node, {}), key[4], key)
         rows[key] = reg
         b = binding_of(reg)
-        _index_add(self._holders, b, holder)
+        _index_add(self._holders, b, key)
         touched.add(b)
-        self._schedule(holder, reg)
+        self._schedule(key, reg)
 
     def _drop(self, node: str, key: RowKey, touched: set) -> None:
         rows = self._rows.get(node)
@@ -446,7 +445,7 @@ class Registry:
         if reg is None:
             return
         b = binding_of(reg)
-        _index_remove(self._holders, b, (node, key))
+        _index_remove(self._holders, b, key)
         touched.add(b)
         _index_remove(self._by_owner[node], key[:3], key)
         _index_remove(self._by_call[node], key[3], key)
@@ -467,11 +466,11 @@ class Registry:
                     removed.add(b)
                 continue
             if type(have) is set:
-                until = max(self._row_expiry(n, rows[n][k]) for n, k in have) + grace
+                until = max(self._row_expiry(k[5], rows[k[5]][k]) for k in have) + grace
             elif all_up:
-                until = rows[have[0]][have[1]].expires + grace
+                until = rows[have[5]][have].expires + grace
             else:
-                until = self._row_expiry(have[0], rows[have[0]][have[1]]) + grace
+                until = self._row_expiry(have[5], rows[have[5]][have]) + grace
             was = effective.get(b)
             if was != until:
                 if track and was is None:
