@@ -476,3 +476,21 @@ def test_the_registry_follows_freeswitch_in_every_mode(mode):
         exact += not (d.reread or d.reread_late)
         asked += bool(d.reread or d.reread_late)
     assert exact > 300 and asked > 300  # both paths were taken, many times
+
+
+def test_rows_and_bindings_share_their_repeated_strings():
+    # a large table is 100,000 rows of a few realms, profiles and one node:
+    # one string each, and a binding holds its row's strings where lower-casing
+    # changes nothing (bench esl's registry memory)
+    made = [reg(user=f"{1000 + i}", realm="".join(["pbx.", "example.com"]),
+                profile="".join(["inter", "nal"]), node="".join(["fs", "1"]),
+                ip=f"192.0.2.{i}") for i in range(3)]
+    for attr in ("realm", "profile", "node"):
+        assert getattr(made[0], attr) is getattr(made[1], attr) is getattr(made[2], attr)
+    r = Registry()
+    r.resync("fs1", made, T0)
+    held = {x.user: x for x in r.bindings()}
+    assert held["1000"].user is made[0].user and held["1000"].realm is made[0].realm
+    mixed = reg(user="Alice", realm="PBX.example.com")
+    r.apply("fs1", Registered(mixed), T0)
+    assert b("alice", "pbx.example.com") in r.bindings()  # lower-cased, as the kernel compares
