@@ -19,7 +19,7 @@ import time
 import pytest
 
 from nfguard.lab.sipclient import SipClient
-from nfguard.lab.topology import ADDR, run
+from nfguard.lab.topology import ADDR
 from nfguard.lab.world import scenario
 
 pytestmark = pytest.mark.netns
@@ -136,15 +136,7 @@ def test_esl_outage_with_a_registration_change_converges(fs, nfguard_fs, record_
     d.until_mirrors(timeout=1.0)
     esl = d.status()["esl"][0]
 
-    # The outage: the daemon's connection (from 127.0.0.1) is closed by a
-    # reload of mod_event_socket and its reconnects are refused. The
-    # harness asks FreeSWITCH from 127.0.0.2, which passes.
-    pbx = fs.topo.name("pbx")
-    run("nft", "-f", "-", ns=pbx, input=(
-        "table inet nfgtest-esl {\n chain input {\n  type filter hook input priority 0;\n"
-        f"  ip saddr 127.0.0.1 tcp dport {fs.esl_port} reject with tcp reset\n }}\n}}\n"))
-    try:
-        fs.api("reload mod_event_socket")
+    with fs.daemon_esl_outage():
         d.until(lambda s: s["esl"][0]["state"] == "down", timeout=10, what="ESL down")
         assert phone.register("1002", password(fs, "1002"), REALM, src=(PHONE, 5064)) == 200
         assert phone.unregister("1001", password(fs, "1001"), REALM, call_id="c-1001",
@@ -152,8 +144,6 @@ def test_esl_outage_with_a_registration_change_converges(fs, nfguard_fs, record_
         want = {("1002", REALM, PHONE)}
         assert fs.bound() == want
         assert d.bound() == {("1001", REALM, PHONE)}  # no event reached the daemon
-    finally:
-        run("nft", "delete", "table", "inet", "nfgtest-esl", ns=pbx)
     t0 = time.monotonic()
     # the reconnect waits out its backoff (at most a few seconds after an
     # outage this short), then resyncs

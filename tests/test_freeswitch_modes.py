@@ -26,7 +26,6 @@ import time
 import pytest
 
 from nfguard.lab.sipclient import SipClient
-from nfguard.lab.topology import run
 
 pytestmark = pytest.mark.netns
 
@@ -194,24 +193,15 @@ def test_freeswitch_restart_and_esl_outage(clean, record_property):
     assert st["esl"][0]["events_applied"] == esl["events_applied"]  # no event came
     assert st["freeswitch_drift"]["added"] == st["freeswitch_drift"]["removed"] == 0
 
-    # The outage: the daemon's connection (from 127.0.0.1) is closed by a
-    # reload of mod_event_socket and its reconnects are refused; the
-    # harness asks from 127.0.0.2.
+    # The outage (see FreeSwitch.daemon_esl_outage)
     esl = st["esl"][0]
-    pbx = fs.topo.name("pbx")
-    run("nft", "-f", "-", ns=pbx, input=(
-        "table inet nfgtest-modes {\n chain input {\n  type filter hook input priority 0;\n"
-        f"  ip saddr 127.0.0.1 tcp dport {fs.esl_port} reject with tcp reset\n }}\n}}\n"))
-    try:
-        fs.api("reload mod_event_socket")
+    with fs.daemon_esl_outage():
         d.until(lambda s: s["esl"][0]["state"] == "down", timeout=10, what="ESL down")
         # off: a new address replaces the row; call-id: 1002 comes
         ua = phone(fs, "off", B[0])
         assert ua.register("1001", fs.users[REALM]["1001"], REALM, call_id="o2", src=B) == 200
         ua = phone(fs, "callid", C[0])
         assert ua.register("1002", fs.users[REALM]["1002"], REALM, call_id="n1", src=C) == 200
-    finally:
-        run("nft", "delete", "table", "inet", "nfgtest-modes", ns=pbx)
     d.until(lambda s: s["esl"][0]["connects"] > esl["connects"]
             and s["esl"][0]["state"] == "up", timeout=15, what="the reconnect")
     lag = mirrors(fs, d, time.monotonic(), "after the outage")

@@ -30,7 +30,7 @@ from nfguard.daemon.nftstate import (
     element_comment,
 )
 
-from conftest import REQUIRE_KERNEL
+from conftest import cannot_run
 
 pytestmark = pytest.mark.netns
 
@@ -56,11 +56,7 @@ def nft_unavailable() -> str | None:
 
 
 def need_nft() -> None:
-    why = nft_unavailable()
-    if why:
-        if REQUIRE_KERNEL:  # CI: a skip is a failure
-            pytest.fail(f"NFGUARD_REQUIRE_KERNEL=1 but {why}")
-        pytest.skip(why)
+    cannot_run(nft_unavailable())
 
 
 def sh(*cmd: str, ns: str | None = None, check: bool = True) -> str:

@@ -25,7 +25,7 @@ from nfguard.pcap import (
     write_pcap,
 )
 
-from conftest import REQUIRE_KERNEL
+from conftest import cannot_run
 
 FRAMES = [
     packets.udp_frame(packets.sip_request()),
@@ -120,9 +120,7 @@ def test_empty_capture_has_no_packets(tmp_path):
 @pytest.mark.parametrize("order", ["<", ">"])
 def test_tcpdump_reads_ours_and_we_read_tcpdumps(tmp_path, order):
     if not shutil.which("tcpdump"):  # scripts/setup installs it; CI requires it
-        if REQUIRE_KERNEL:
-            pytest.fail("NFGUARD_REQUIRE_KERNEL=1 but tcpdump is not installed")
-        pytest.skip("tcpdump is not installed")
+        cannot_run("tcpdump is not installed")
     ours, theirs = str(tmp_path / "ours.pcap"), str(tmp_path / "theirs.pcap")
     write_pcap(ours, list(zip(TS, FRAMES, strict=True)), byteorder=order)
     out = subprocess.run(["tcpdump", "-nn", "-r", ours], capture_output=True, text=True)
@@ -359,9 +357,7 @@ def test_tcpdump_reads_our_pcapng_like_the_pcap(tmp_path):
     """libpcap reads pcapng too: the files these tests build are what a real
     reader sees, and tcpdump's pcap of them reads back the same."""
     if not shutil.which("tcpdump"):
-        if REQUIRE_KERNEL:
-            pytest.fail("NFGUARD_REQUIRE_KERNEL=1 but tcpdump is not installed")
-        pytest.skip("tcpdump is not installed")
+        cannot_run("tcpdump is not installed")
     ours, theirs = tmp_path / "ours.pcapng", tmp_path / "theirs.pcap"
     ours.write_bytes(shb(BE) + idb(BE, tsresol=9)
                      + b"".join(epb(f, round(t * 1e9), BE)
@@ -380,9 +376,7 @@ def test_scapy_pcapng_reads_as_written(tmp_path):
     try:
         import scapy.utils as scapy
     except ImportError:
-        if REQUIRE_KERNEL:
-            pytest.fail("NFGUARD_REQUIRE_KERNEL=1 but scapy (python3-scapy) is not installed")
-        pytest.skip("scapy (python3-scapy) is not installed")
+        cannot_run("scapy (python3-scapy) is not installed")
     from scapy.layers.l2 import Ether
 
     path = str(tmp_path / "scapy.pcapng")

@@ -24,6 +24,7 @@ that a test can cut the daemon's (from 127.0.0.1) and still ask FreeSWITCH.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import json
@@ -402,6 +403,22 @@ class FreeSwitch:
         every profile."""
         return {(r["user"].lower(), r["realm"].lower(), r["ip"])
                 for name in self.profiles for r in self.registrations(name)}
+
+    @contextlib.contextmanager
+    def daemon_esl_outage(self):
+        """An Event Socket outage for the daemon while FreeSWITCH runs: its
+        connection (from 127.0.0.1) is closed by a reload of
+        mod_event_socket and its reconnects are refused until the block
+        ends. The harness asks from 127.0.0.2, which passes."""
+        pbx = self.topo.name("pbx")
+        topology.run("nft", "-f", "-", ns=pbx, input=(
+            "table inet nfgtest-esl {\n chain input {\n  type filter hook input priority 0;\n"
+            f"  ip saddr {ESL_IP} tcp dport {self.esl_port} reject with tcp reset\n }}\n}}\n"))
+        try:
+            self.api("reload mod_event_socket")
+            yield
+        finally:
+            topology.run("nft", "delete", "table", "inet", "nfgtest-esl", ns=pbx)
 
     def flush(self, profile: str | None = None, timeout: float = 5) -> None:
         """Forget every registration (`sofia profile P flush_inbound_reg`,
