@@ -101,6 +101,12 @@ class Env:
         self.logf = open(self.log, "a")
         self.proc = subprocess.Popen(argv, stdout=self.logf, stderr=self.logf, cwd=ROOT,
                                      env={**os.environ, **env})
+        # It answers once it has compiled and loaded the classifier: as long
+        # as that takes on this host (nfguard.lab.world.sync_wait).
+        from nfguard.lab.world import sync_wait, wait_status
+        wait, bound = sync_wait()
+        wait_status(self.sock, lambda s: True, wait, "the daemon's control socket", self.proc,
+                    str(self.log), bound)
 
     def stop(self) -> int:
         if self.proc is None:

@@ -481,17 +481,26 @@ class Nfguard:
     def argv(self, *args: str) -> list[str]:
         return self.topo.nsenter("pbx") + [sys.executable, "-m", "nfguard", *args]
 
-    def start(self, wait: float = 60, **config) -> dict:
+    def start(self, wait: float | None = None, **config) -> dict:
         """Write the configuration (defaults updated by config), start the
-        daemon, and wait for its first full sync; its status."""
+        daemon, and wait for its first full sync, at most wait seconds
+        (default: nfguard.lab.world.sync_wait(60): FreeSWITCH's resync is
+        slower than the fake Event Socket's); its status."""
+        from nfguard.lab.world import sync_wait, wait_status
+
         if self.proc is not None:
             raise NfguardError("the daemon is already running")
+        if wait is None:
+            wait, bound = sync_wait(60)
+        else:
+            bound = f"{wait:g} s, as asked"
         self.write_config(**config)
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(self.argv("run", "--config", self.config),
                                          stdout=log, stderr=log, cwd=repo_root(),
                                          preexec_fn=_die_with_parent)
-        return self.until(lambda st: st["synced"], wait, "the first sync")
+        return wait_status(self.sock, lambda st: st["synced"], wait, "the first sync",
+                           self.proc, self.log_path, bound)
 
     def stop(self) -> int | None:
         """SIGTERM; the exit code (None: it was not running)."""

@@ -44,16 +44,62 @@ ADDR = {"phone": _V4["phone"], "phone_moved": "10.200.1.3", "attacker": _V4["att
 USER, PASSWORD = "1001", "s3cret-1001"
 
 
+SYNC_WAIT_ENV = "NFGUARD_SYNC_WAIT"
+_compile_s: float | None = None
+
+
+def note_compile(seconds: float) -> None:
+    """A compile and load of the classifier this process timed (selftest,
+    the tests' session program): the measure of this host's speed that
+    sync_wait() scales with. The longest one counts."""
+    global _compile_s
+    _compile_s = max(seconds, _compile_s or 0.0)
+
+
+def compile_seconds() -> float:
+    """This host's compile and load of the classifier, in seconds: the
+    longest this process timed, or one timed now."""
+    if _compile_s is None:
+        from nfguard.kernel.program import Program
+
+        t0 = time.monotonic()
+        Program().close()
+        note_compile(time.monotonic() - t0)
+    return _compile_s
+
+
+def sync_wait(base: float = 30.0) -> tuple[float, str]:
+    """How long a daemon that is starting gets for its first full sync, and
+    how that bound was chosen: NFGUARD_SYNC_WAIT seconds where it is set,
+    else base plus three times this host's compile and load of the
+    classifier, which the daemon does before it syncs (about 1.5 s on a
+    2-core host, 20-30 s under qemu's software emulation)."""
+    raw = os.environ.get(SYNC_WAIT_ENV, "").strip()
+    if raw:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = 0.0
+        if not seconds > 0:
+            raise NfguardError(f"{SYNC_WAIT_ENV}={raw!r}: give the seconds to wait "
+                               "for the daemon's first sync, a number above 0")
+        return seconds, f"{SYNC_WAIT_ENV}={raw}"
+    c = compile_seconds()
+    return base + 3 * c, (f"{base:g} s + 3 x this host's {c:.1f} s compile of the classifier; "
+                          f"{SYNC_WAIT_ENV}=SECONDS sets it")
+
+
 def wait_status(sock_path: str, pred, timeout: float, what: str,
-                proc: subprocess.Popen | None, log_path: str) -> dict:
-    """The daemon's status once pred(status) holds; NfguardError (with the
-    end of its log) when the daemon exits or time runs out first."""
+                proc: subprocess.Popen | None, log_path: str, bound: str = "") -> dict:
+    """The daemon's status once pred(status) holds; NfguardError (saying
+    what it waited for, how long and why that long, with the end of the
+    daemon's log) when the daemon exits or time runs out first."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise NfguardError(f"the daemon exited ({proc.returncode}): "
-                               + open(log_path).read()[-3000:])
+            raise NfguardError(f"the daemon exited ({proc.returncode}) while waiting for "
+                               f"{what or 'its status'}: " + open(log_path).read()[-3000:])
         try:
             last = control.request(sock_path, "status")
             if pred(last):
@@ -61,7 +107,13 @@ def wait_status(sock_path: str, pred, timeout: float, what: str,
         except control.DaemonUnavailable:
             pass
         time.sleep(0.02)
-    raise NfguardError(f"timed out waiting for {what}; last status {last}: "
+    if last is None:
+        seen = (f"the daemon never answered on {sock_path} (it listens once it has "
+                "compiled, loaded and attached the classifier)")
+    else:
+        seen = f"its last status: {json.dumps(last)[:2000]}"
+    raise NfguardError(f"timed out after {timeout:g} s waiting for {what or 'the daemon'}"
+                       + (f" (bound: {bound})" if bound else "") + f"; {seen}; its log: "
                        + open(log_path).read()[-3000:])
 
 
@@ -81,6 +133,8 @@ class Lab:
         self.config_path = os.path.join(self.tmp, "nfguard.yaml")
         self.log_path = os.path.join(self.tmp, "daemon.log")
         self.proc: subprocess.Popen | None = None
+        self.synced_after: float | None = None
+        self.sync_bound: float | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.registered_at: dict[tuple[str, str], float] = {}
 
@@ -136,11 +190,22 @@ class Lab:
     def nfguard_argv(self, *args: str) -> list[str]:
         return self.topo.nsenter("pbx") + [sys.executable, "-m", "nfguard", *args]
 
-    def start_daemon(self, wait: float = 30) -> dict:
+    def start_daemon(self, wait: float | None = None) -> dict:
+        """Start the daemon and wait for its first full sync, at most wait
+        seconds (default: sync_wait()); its status. `synced_after` is how
+        long that took."""
+        if wait is None:
+            wait, bound = sync_wait()
+        else:
+            bound = f"{wait:g} s, as asked"
         self.log = open(self.log_path, "a")
+        t0 = time.monotonic()
         self.proc = subprocess.Popen(self.nfguard_argv("run", "--config", self.config_path),
                                      stdout=self.log, stderr=self.log)
-        return self.until(lambda st: st["synced"], wait, "the daemon's first sync")
+        st = wait_status(self.sock_path, lambda st: st["synced"], wait,
+                         "the daemon's first sync", self.proc, self.log_path, bound)
+        self.synced_after, self.sync_bound = time.monotonic() - t0, wait
+        return st
 
     def stop_daemon(self) -> None:
         if self.proc is not None:
