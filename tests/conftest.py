@@ -17,6 +17,25 @@ REQUIRE_KERNEL = os.environ.get("NFGUARD_REQUIRE_KERNEL") == "1"
 TOPO_PREFIX = "nfgt"  # namespaces of the topo fixture: nfgt<pid>-<n>-<role>
 
 
+# Fixtures that need the kernel (their tests are marked `kernel` below).
+KERNEL_FIXTURES = frozenset({"program", "prog", "pin_dir", "topo", "fs_topo", "freeswitch",
+                             "nfguard_fs"})
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that needs the kernel carries the `kernel` mark, also
+    where its module does not say so: it uses a kernel fixture (directly or
+    through another fixture), or calls need_kernel() or need_freeswitch()
+    itself. `pytest -m "kernel or netns"` then selects all of them: what
+    .ci/run runs again under Debian 12's kernel (scripts/kernel-vm)."""
+    for item in items:
+        code = getattr(getattr(item, "function", None), "__code__", None)
+        calls = set(code.co_names) if code else set()
+        if (KERNEL_FIXTURES & set(getattr(item, "fixturenames", ()))
+                or calls & {"need_kernel", "need_freeswitch"}):
+            item.add_marker(pytest.mark.kernel)
+
+
 def kernel_unavailable() -> str | None:
     """Why kernel tests cannot run here, or None."""
     if os.geteuid() != 0:
