@@ -623,7 +623,7 @@ def test_a_failing_later_chunk_is_reported_and_the_next_sync_repairs_it(ns, st, 
 
 
 def test_the_kernel_dump_reads_what_nft_lists(ns, st):
-    """The sets as _read_bindings() reads them (a netlink dump), against the
+    """The sets as _held() reads them (a netlink dump), against the
     nft binary's own listing: addresses, comments, time left, and elements
     added by hand with neither timeout nor comment."""
     now = time.time()
@@ -633,7 +633,7 @@ def test_the_kernel_dump_reads_what_nft_lists(ns, st):
     sh("nft", "add", "element", "inet", TABLE, "bindings_v4", "{ 192.0.2.9 }", ns=ns)
     sh("nft", "add", "element", "inet", TABLE, "bindings_v6",
        '{ 2001:db8::9 comment "by hand" }', ns=ns)
-    held = st._read_bindings()
+    held = st._held()
     listed = {**bindings(ns), **bindings(ns, "bindings_v6")}
     assert sorted(held) == sorted(listed)
     for a, (comment, left) in held.items():
@@ -672,7 +672,7 @@ def test_100000_elements_in_chunks(ns, st, capsys):
     assert got["10.1.134.159"]["comment"] == creds("199999")
     assert 3590 <= got["10.1.134.159"]["expires_in"] <= 3600
     t0 = time.perf_counter()
-    held = st._read_bindings()
+    held = st._held()
     dump_took = time.perf_counter() - t0
     assert held.keys() == got.keys()
     assert held["10.1.134.159"][0] == creds("199999")

@@ -9,7 +9,7 @@ A change is one atomic batch: one `json_cmd` call of libnftables' JSON API
 with a list of commands, which nft sends as one netlink transaction. A change
 of more than CHUNK addresses (a first sync) is several such batches, each
 atomic, because one batch of 100,000 elements cost ~200 MB in libnftables and
-its JSON (~2 KB an element) against ~20 MB for 10,000. Every command for one
+its JSON (~2 KB an element) against ~5 MB for 2,500. Every command for one
 address (the add+delete+add of a replace) stays in one batch, so a wanted
 element is never missing between two batches, and no batch flushes a set:
 a batch that fails leaves the earlier ones applied and its own addresses as
@@ -73,8 +73,9 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from nfguard.errors import NfguardError
 
@@ -94,9 +95,9 @@ TIMEOUT_SLACK = 5.0  # sync: timeouts this close are the same (nft reports whole
 # either way. Covers nft's whole-second rounding and a large batch's run time.
 GRACE = 5.0
 LIST_ATTEMPTS = 10  # listings of the table before giving up on an inconsistent one
-# Addresses a batch (one transaction). 10,000: ~20 MB of libnftables and JSON
-# a batch instead of ~200 MB for 100,000 in one, for the same total time.
-CHUNK = 10_000
+# Addresses a batch (one transaction). 2,500: ~5 MB of libnftables and JSON a
+# batch (10,000: ~20 MB; 100,000 in one: ~200 MB), for the same total time.
+CHUNK = 2_500
 
 
 class NftError(NfguardError):
@@ -109,6 +110,20 @@ class Element:
 
     expires: float  # absolute, seconds since the epoch (time.time() clock)
     comment: str  # e.g. "1001@pbx.example.com, 1002@pbx.example.com"
+
+
+@dataclass
+class _Diff:
+    """Between the elements wanted and the sets: sorted lists of canonical
+    addresses; `spelt`: {canonical: key} for the wanted keys spelt
+    otherwise; `known`: what the sets held, as NftState._known."""
+
+    spelt: dict[str, str]
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    comment: list[str] = field(default_factory=list)
+    timeout: list[str] = field(default_factory=list)
+    known: dict[str, float | None] = field(default_factory=dict)
 
 
 def _truncate(text: str, limit: int = COMMENT_MAX) -> str:
@@ -198,6 +213,7 @@ RECV_SIZE = 1 << 16  # the kernel's dump messages are at most 32 KB
 NL_TIMEOUT = 30.0  # seconds a dump may take before we give up on the kernel
 
 Held = dict[str, tuple[str, float | None]]  # address -> (comment, seconds left or None)
+T = TypeVar("T")
 
 
 def _give_back_freed_memory() -> None:
@@ -211,6 +227,11 @@ def _give_back_freed_memory() -> None:
 
 class _Inconsistent(Exception):
     """A dump that repeated an element or was interrupted by a change."""
+
+
+class _Missing(Exception):
+    """The table or one of its bindings sets does not exist."""
+
 
 
 def _nlattr(typ: int, payload: bytes) -> bytes:
@@ -254,18 +275,20 @@ def _element(buf, off: int, end: int) -> tuple[str, str, float | None]:
     return addr, comment, 0.0 if timeout else None
 
 
-def _dump_set(sock: socket.socket, name: str, seq: int) -> Held | None:
-    """{address: (comment, seconds left or None)} of one set of our table,
-    None when the table or set does not exist. _Inconsistent when the
-    kernel's dump repeated an element (a resize meanwhile, see _consistent)
-    or was interrupted by a change."""
+Dumped = Iterator[tuple[str, str, float | None]]  # (address, comment, seconds left or None)
+
+
+def _dump_set(sock: socket.socket, name: str, seq: int) -> Dumped:
+    """Each element of one set of our table as the kernel dumps it, one at
+    a time: 100,000 are never one dict of comments (~25 MB). _Missing when
+    the table or set does not exist; _Inconsistent, after the last one,
+    when the dump was interrupted by a change. An element dumped twice (a
+    resize meanwhile, see _consistent) is for the reader to notice."""
     req = (struct.pack("=BBH", NFPROTO_INET, 0, 0)
            + _nlattr(ELEM_LIST_TABLE, TABLE.encode() + b"\0")
            + _nlattr(ELEM_LIST_SET, name.encode() + b"\0"))
     sock.send(struct.pack("=IHHII", 16 + len(req), NFT_MSG_GETSETELEM,
                           NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + req)
-    out: Held = {}
-    seen = 0
     inconsistent = False
     while True:
         buf = memoryview(sock.recv(RECV_SIZE))
@@ -277,21 +300,19 @@ def _dump_set(sock: socket.socket, name: str, seq: int) -> Held | None:
                 off = end if length >= 16 else len(buf)
                 continue
             if typ == NLMSG_DONE:
-                if inconsistent or seen != len(out):
+                if inconsistent:
                     raise _Inconsistent(name)
-                return out
+                return
             if typ == NLMSG_ERROR:
                 (err,) = struct.unpack_from("=i", buf, off + 16)
                 if err == -errno.ENOENT:
-                    return None
+                    raise _Missing(name)
                 raise NftError(f"nft: reading set {name}: {os.strerror(-err)}")
             inconsistent |= bool(flags & NLM_F_DUMP_INTR)
             for atyp, s, e in _attrs(buf, off + 20, end):  # after the nfgenmsg
                 if atyp == ELEM_LIST_ELEMENTS:
                     for _, es, ee in _attrs(buf, s, e):  # NFTA_LIST_ELEM
-                        addr, comment, left = _element(buf, es, ee)
-                        out[addr] = (comment, left)
-                        seen += 1
+                        yield _element(buf, es, ee)
             off = (end + 3) & ~3
 
 
@@ -448,25 +469,21 @@ class NftState:
                 out[val] = {"comment": comment, "expires_in": expires_in}
         return out
 
-    def _learn(self, held: Held) -> None:
-        """Our belief about which elements exist, from what the sets hold."""
-        mono = time.monotonic()
-        self._known = {a: None if left is None else mono + left
-                       for a, (_, left) in held.items()}
+    def _dumped(self) -> Dumped:
+        """Every element of both bindings sets, from the kernel (_dump_set)."""
+        for name in BINDINGS.values():
+            self._seq += 1
+            yield from _dump_set(self._nl, name, self._seq)
 
-    def _held(self) -> Held | None:
-        """{address: (comment, seconds left or None)} of both bindings sets,
-        from the kernel (see _dump_set); None when one is missing."""
+    def _read(self, reader: Callable[[Dumped], T]) -> T | None:
+        """reader(every element of both bindings sets), read again from the
+        start while the kernel's dump is inconsistent; None when a set is
+        missing. The reader raises _Inconsistent on an element seen twice."""
         for attempt in range(LIST_ATTEMPTS):
-            held: Held = {}
             try:
-                for name in BINDINGS.values():
-                    self._seq += 1
-                    one = _dump_set(self._nl, name, self._seq)
-                    if one is None:
-                        return None
-                    held.update(one)
-                return held
+                return reader(self._dumped())
+            except _Missing:
+                return None
             except _Inconsistent:
                 time.sleep(0.05 * (attempt + 1))  # let the kernel finish resizing the set
             except OSError as e:  # a timeout, or a stale message of a dump we gave up on
@@ -474,12 +491,33 @@ class NftState:
         raise NftError(f"the kernel listed a set of table {FAMILY} {TABLE} inconsistently "
                        f"{LIST_ATTEMPTS} times in a row (an element twice); try again")
 
-    def _read_bindings(self) -> Held:
-        held = self._held()
-        if held is None:
+    def _held(self) -> Held | None:
+        """{address: (comment, seconds left or None)} of both bindings sets;
+        None when one is missing."""
+        def collect(dumped: Dumped) -> Held:
+            held: Held = {}
+            for addr, comment, left in dumped:
+                if addr in held:
+                    raise _Inconsistent(addr)
+                held[addr] = (comment, left)
+            return held
+        return self._read(collect)
+
+    def _read_bindings(self) -> None:
+        """Learn which elements exist (_known) from the sets, without their
+        comments."""
+        def learn(dumped: Dumped) -> dict[str, float | None]:
+            known: dict[str, float | None] = {}
+            mono = time.monotonic()
+            for addr, _, left in dumped:
+                if addr in known:
+                    raise _Inconsistent(addr)
+                known[addr] = None if left is None else mono + left
+            return known
+        known = self._read(learn)
+        if known is None:
             raise NftError(f"table {FAMILY} {TABLE} is missing: install it first")
-        self._learn(held)
-        return held
+        self._known = known
 
     def read(self) -> dict:
         """{"bindings": {addr: {"comment", "expires_in"}}, "trusted": [cidr],
@@ -579,11 +617,15 @@ class NftState:
         except NftError:
             self._known = None  # the failed batch changed nothing, but our belief was wrong
             raise
+        deadlines: dict[int, float] = {}  # one float per timeout, not per address
         for a, up in chunk:
             if up is None:
                 self._known.pop(a, None)
-            else:
-                self._known[a] = mono + up[0]  # lower bound: the batch ran after
+            else:  # a lower bound: the batch ran after
+                dl = deadlines.get(up[0])
+                if dl is None:
+                    dl = deadlines[up[0]] = mono + up[0]
+                self._known[a] = dl
 
     @staticmethod
     def _timeout(expires: float, now: float) -> int:
@@ -607,7 +649,9 @@ class NftState:
             odd = set()  # canonical forms of addresses spelt otherwise: each address once
             for raw, e in changed.items():
                 a = _addr(raw)[0]
-                if a != raw:
+                if a == raw:
+                    a = raw  # the caller's string, which _known keeps: no second copy
+                else:
                     if a in changed or a in odd:
                         continue
                     odd.add(a)
@@ -620,54 +664,63 @@ class NftState:
 
         self._commit(ops())
 
-    def _diff(self, elements: Mapping[str, Element], now: float, have: Held):
-        """Between `elements` and `have` ({address: (comment, seconds left)}):
-        (missing, extra, comment, timeout), sorted lists of canonical
-        addresses, and {canonical: key} for the keys of `elements` spelt
-        otherwise. One pass over `elements`, no copy of it."""
-        missing, comment, timeout = [], [], []
-        wanted: set[str] = set()
+    def _diff(self, elements: Mapping[str, Element], now: float, dumped: Dumped) -> _Diff:
+        """Between `elements` and the sets' elements as `dumped` gives them,
+        read once as they come: no copy of either (see _Diff)."""
+        # the keys of `elements` spelt otherwise than nft does, the rare case:
+        # canonical -> the key that counts (canonically spelt, or the first)
         spelt: dict[str, str] = {}
-        for raw, e in elements.items():
-            if e.expires <= now:
-                continue
+        canonical: dict[str, str] = {}
+        for raw in elements:
             a = _addr(raw)[0]
-            if a in wanted:
-                continue  # the same address spelt twice: once is enough
-            if a == raw:
-                a = raw  # the caller's string: no second copy of 100,000 addresses
-            elif a in elements:
-                continue  # spelt canonically too: that key counts
-            else:
-                spelt[a] = raw
-            wanted.add(a)
-            h = have.get(a)
-            if h is None:
-                missing.append(a)
+            if a != raw:
+                canonical[raw] = a
+                if a not in elements and a not in spelt:
+                    spelt[a] = raw
+        d = _Diff(spelt=spelt)
+        known = d.known
+        mono = time.monotonic()
+        for a, comment, left in dumped:
+            if a in known:
+                raise _Inconsistent(a)
+            known[a] = None if left is None else mono + left
+            e = elements.get(spelt.get(a, a))
+            if e is None or e.expires <= now:
+                d.extra.append(a)
                 continue
-            if h[0] != _truncate(e.comment):
-                comment.append(a)
-            if h[1] is None or abs(h[1] - (e.expires - now)) > TIMEOUT_SLACK:
-                timeout.append(a)
-        extra = [a for a in have if a not in wanted]
-        return sorted(missing), sorted(extra), sorted(comment), sorted(timeout), spelt
+            if comment != _truncate(e.comment):
+                d.comment.append(a)
+            if left is None or abs(left - (e.expires - now)) > TIMEOUT_SLACK:
+                d.timeout.append(a)
+        for raw in elements:
+            a = canonical.get(raw, raw)
+            if a in known or spelt.get(a, a) != raw:
+                continue  # in the sets, or another spelling of it counts
+            if elements[raw].expires > now:
+                d.missing.append(a)
+        for names in (d.missing, d.extra, d.comment, d.timeout):
+            names.sort()
+        return d
 
     def sync(self, elements: Mapping[str, Element], now: float) -> dict:
         """Make the bindings sets exactly `elements` (all the daemon's bindings),
         in batches of CHUNK addresses (see _commit). {"added", "removed",
-        "updated"} counts."""
-        have = self._read_bindings()
-        missing, extra, comment, timeout, spelt = self._diff(elements, now, have)
-        del have  # the listing: not needed while the batches run
-        updated = sorted(set(comment) | set(timeout))
+        "updated"} counts. The sets are read as they are dumped, compared
+        one element at a time."""
+        d = self._read(lambda dumped: self._diff(elements, now, dumped))
+        if d is None:
+            raise NftError(f"table {FAMILY} {TABLE} is missing: install it first")
+        self._known = d.known
+        updated = sorted(set(d.comment) | set(d.timeout))
 
         def upsert(a: str) -> tuple[str, tuple[int, str]]:
-            e = elements[spelt.get(a, a)]
+            e = elements[d.spelt.get(a, a)]
             return a, (self._timeout(e.expires, now), e.comment)
 
-        self._commit(itertools.chain(map(upsert, missing + updated), ((a, None) for a in extra)))
+        self._commit(itertools.chain(map(upsert, d.missing + updated),
+                                     ((a, None) for a in d.extra)))
         _give_back_freed_memory()  # the kernel's dump of every element, parsed
-        return {"added": len(missing), "removed": len(extra), "updated": len(updated)}
+        return {"added": len(d.missing), "removed": len(d.extra), "updated": len(updated)}
 
     def drift(self, elements: Mapping[str, Element], now: float,
               have: dict[str, dict] | None = None) -> dict:
@@ -676,9 +729,11 @@ class NftState:
         bindings of a read() the caller just made (each listing costs ~0.5 s
         at 100,000 elements)."""
         if have is None:
-            held = self._held() or {}  # no table: everything is missing
+            d = self._read(lambda dumped: self._diff(elements, now, dumped))
+            if d is None:  # no table: everything is missing
+                d = self._diff(elements, now, iter(()))
         else:
-            held = {a: (b["comment"], b["expires_in"]) for a, b in have.items()}
-        self._learn(held)
-        missing, extra, comment, _, _ = self._diff(elements, now, held)
-        return {"missing": missing, "extra": extra, "comment": comment}
+            d = self._diff(elements, now, ((a, b["comment"], b["expires_in"])
+                                           for a, b in have.items()))
+        self._known = d.known
+        return {"missing": d.missing, "extra": d.extra, "comment": d.comment}
