@@ -178,6 +178,48 @@ def test_reconnect_resync_ends_the_degraded_state():
     assert "fs1" not in r.down_since
 
 
+def test_back_from_degraded_a_row_expires_at_its_own_expiry():
+    """Its own expiry passed while the node was down (the row was kept);
+    once the node is back, the row goes at its own expiry, not at the end
+    of the degraded grace."""
+    r = Registry(grace=0, degraded_grace=300)
+    r.apply("fs1", Registered(reg(expires=T0 + 100)), T0)
+    r.node_down("fs1", T0 + 50)
+    assert not r.expire(T0 + 120)  # past its expiry, but kept: fs1 is down
+    r.resync("fs1", [reg(expires=T0 + 100)], T0 + 130)  # the same row
+    assert r.expire(T0 + 131).removed == {b()}  # not at T0 + 350
+
+
+def test_expire_within_one_second_is_exact():
+    """Rows due in the same second go each at its own time."""
+    r = Registry(grace=0)
+    r.apply("fs1", Registered(reg("1", expires=T0 + 100.2)), T0)
+    r.apply("fs1", Registered(reg("2", expires=T0 + 100.7)), T0)
+    assert r.next_expiry() <= T0 + 100.2
+    assert r.expire(T0 + 100.5).removed == {b("1")}
+    assert not r.expire(T0 + 100.6)
+    assert r.expire(T0 + 100.7).removed == {b("2")}
+    assert r.next_expiry() is None
+
+
+def test_refreshes_do_not_grow_the_expiry_schedule():
+    """A phone refreshing every minute with an hour's expiry: each refresh
+    schedules its row again; the schedule stays within twice the rows (plus
+    a constant) and still expires each row at its latest expiry."""
+    r = Registry(grace=0)
+    rows = [reg(str(i), ip=f"192.0.2.{i}") for i in range(100)]
+    r.resync("fs1", [dataclasses.replace(x, expires=T0 + 3600) for x in rows], T0)
+    for minute in range(1, 120):
+        now = T0 + 60 * minute
+        for x in rows:
+            r.apply("fs1", Registered(dataclasses.replace(x, expires=now + 3600)), now)
+        assert r._scheduled <= 2 * len(rows) + 1024
+        assert not r.expire(now)
+    last = T0 + 60 * 119 + 3600
+    assert not r.expire(last - 1)
+    assert r.expire(last).removed == {b(str(i), ip=f"192.0.2.{i}") for i in range(100)}
+
+
 def test_too_long_credentials_are_reported_not_stored():
     r = Registry()
     long_user = "u" * 65

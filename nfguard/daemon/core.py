@@ -192,7 +192,7 @@ class Daemon:
         enforce as configured; after an upgrade across a map layout, only
         now does this build's program replace the older one."""
         now = time.time()
-        want = self.registry.bindings()
+        want = self.registry.view()
         counts = {sink.name: sink.sync(want, now) for sink in self.backend.sinks}
         self.synced = True
         self.first_sync_at = now
@@ -255,7 +255,7 @@ class Daemon:
         up = sum(r.state == "up" for r, _ in self.runners.values())
         mode = self.backend.mode()
         sync = "in sync" if self.synced else "waiting for the first full sync"
-        return (f"{mode}, {len(self.registry.bindings())} bindings, ESL {up}/"
+        return (f"{mode}, {len(self.registry)} bindings, ESL {up}/"
                 f"{len(self.runners)} up, {sync}")
 
     # -- reload --------------------------------------------------------------
@@ -334,7 +334,7 @@ class Daemon:
 
     def status(self) -> dict:
         now = time.time()
-        registry = self.registry.bindings()
+        registry = self.registry.view()
         st = self.backend.status(self.cfg, registry, now)
         st["bindings"]["registry"] = len(registry)
         st.update({

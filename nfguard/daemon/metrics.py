@@ -14,7 +14,6 @@ def _host_port(listen: str) -> tuple[str, int]:
 
 
 def render(daemon) -> str:
-    st_reg = daemon.registry.bindings()
     lines = [
         "# HELP nfguard_packets_total Guarded packets by reason (XDP program).",
         "# TYPE nfguard_packets_total counter",
@@ -24,7 +23,7 @@ def render(daemon) -> str:
     lines += [
         "# HELP nfguard_bindings Bindings in the registry.",
         "# TYPE nfguard_bindings gauge",
-        f"nfguard_bindings {len(st_reg)}",
+        f"nfguard_bindings {len(daemon.registry)}",
         "# HELP nfguard_esl_up ESL endpoint connected and in sync (1) or not (0).",
         "# TYPE nfguard_esl_up gauge",
     ]
