@@ -152,6 +152,13 @@ class NftSink:
         self._put(b.ip, held)
 
     def apply(self, diff: Diff, now: float) -> None:
+        if not self._by_ip and not diff.removed:
+            # the first (a daemon's first 100,000): every address is touched,
+            # and _by_ip names them all, no second table of them
+            for b, exp in diff.added.items():
+                self._add(b, exp)
+            self.nft.apply(_Elements(self, self._by_ip), (), now)
+            return
         touched: dict[str, None] = {}  # insertion-ordered set
         for b, exp in diff.added.items():
             self._add(b, exp)

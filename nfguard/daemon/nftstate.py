@@ -119,11 +119,49 @@ class _Diff:
     otherwise; `known`: what the sets held, as NftState._known."""
 
     spelt: dict[str, str]
+    known: dict[str, float | None]
     missing: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
     comment: list[str] = field(default_factory=list)
     timeout: list[str] = field(default_factory=list)
-    known: dict[str, float | None] = field(default_factory=dict)
+
+
+_UNSEEN = object()  # _Learner's mark: not (yet) in this dump
+
+
+class _Learner:
+    """Which elements exist and when they run out (NftState._known), learnt
+    from a dump an element at a time into the dict it had: its address
+    strings stay (the caller's, when its changes made them), instead of a
+    second copy of 100,000 from the dump; deadlines are whole seconds,
+    rounded down (lower bounds still), one float a second."""
+
+    def __init__(self, known: dict[str, float | None] | None):
+        self.known = {} if known is None else known
+        for a in self.known:
+            self.known[a] = _UNSEEN
+        self._mono = time.monotonic()
+        self._deadlines: dict[int, float] = {}
+
+    def learn(self, addr: str, left: float | None) -> None:
+        """One dumped element; _Inconsistent when the dump gave it before."""
+        known = self.known
+        if known.get(addr, _UNSEEN) is not _UNSEEN:
+            raise _Inconsistent(addr)
+        if left is None:
+            known[addr] = None
+            return
+        sec = int(self._mono + left)
+        dl = self._deadlines.get(sec)
+        if dl is None:
+            dl = self._deadlines[sec] = float(sec)
+        known[addr] = dl
+
+    def done(self) -> dict[str, float | None]:
+        """The dump is over: what it did not give is gone."""
+        for a in [a for a, v in self.known.items() if v is _UNSEEN]:
+            del self.known[a]
+        return self.known
 
 
 def _truncate(text: str, limit: int = COMMENT_MAX) -> str:
@@ -507,17 +545,26 @@ class NftState:
         """Learn which elements exist (_known) from the sets, without their
         comments."""
         def learn(dumped: Dumped) -> dict[str, float | None]:
-            known: dict[str, float | None] = {}
-            mono = time.monotonic()
+            learner = _Learner(self._known)
             for addr, _, left in dumped:
-                if addr in known:
-                    raise _Inconsistent(addr)
-                known[addr] = None if left is None else mono + left
-            return known
-        known = self._read(learn)
+                learner.learn(addr, left)
+            return learner.done()
+        known = self._learning(learn)
         if known is None:
             raise NftError(f"table {FAMILY} {TABLE} is missing: install it first")
         self._known = known
+
+    def _learning(self, reader: Callable[[Dumped], T]) -> T | None:
+        """_read(reader) for a reader that learns into _known (_Learner):
+        unless it finishes, _known is unknown (None) afterwards."""
+        try:
+            result = self._read(reader)
+        except BaseException:
+            self._known = None
+            raise
+        if result is None:
+            self._known = None
+        return result
 
     def read(self) -> dict:
         """{"bindings": {addr: {"comment", "expires_in"}}, "trusted": [cidr],
@@ -664,9 +711,11 @@ class NftState:
 
         self._commit(ops())
 
-    def _diff(self, elements: Mapping[str, Element], now: float, dumped: Dumped) -> _Diff:
+    def _diff(self, elements: Mapping[str, Element], now: float, dumped: Dumped,
+              known: dict[str, float | None] | None = None) -> _Diff:
         """Between `elements` and the sets' elements as `dumped` gives them,
-        read once as they come: no copy of either (see _Diff)."""
+        read once as they come: no copy of either (see _Diff). `known`: the
+        dict to learn the sets into (see _Learner)."""
         # the keys of `elements` spelt otherwise than nft does, the rare case:
         # canonical -> the key that counts (canonically spelt, or the first)
         spelt: dict[str, str] = {}
@@ -677,13 +726,10 @@ class NftState:
                 canonical[raw] = a
                 if a not in elements and a not in spelt:
                     spelt[a] = raw
-        d = _Diff(spelt=spelt)
-        known = d.known
-        mono = time.monotonic()
+        learner = _Learner(known)
+        d = _Diff(spelt=spelt, known=learner.known)
         for a, comment, left in dumped:
-            if a in known:
-                raise _Inconsistent(a)
-            known[a] = None if left is None else mono + left
+            learner.learn(a, left)
             e = elements.get(spelt.get(a, a))
             if e is None or e.expires <= now:
                 d.extra.append(a)
@@ -692,9 +738,10 @@ class NftState:
                 d.comment.append(a)
             if left is None or abs(left - (e.expires - now)) > TIMEOUT_SLACK:
                 d.timeout.append(a)
+        learner.done()
         for raw in elements:
             a = canonical.get(raw, raw)
-            if a in known or spelt.get(a, a) != raw:
+            if a in d.known or spelt.get(a, a) != raw:
                 continue  # in the sets, or another spelling of it counts
             if elements[raw].expires > now:
                 d.missing.append(a)
@@ -707,7 +754,7 @@ class NftState:
         in batches of CHUNK addresses (see _commit). {"added", "removed",
         "updated"} counts. The sets are read as they are dumped, compared
         one element at a time."""
-        d = self._read(lambda dumped: self._diff(elements, now, dumped))
+        d = self._learning(lambda dumped: self._diff(elements, now, dumped, self._known))
         if d is None:
             raise NftError(f"table {FAMILY} {TABLE} is missing: install it first")
         self._known = d.known
@@ -729,7 +776,7 @@ class NftState:
         bindings of a read() the caller just made (each listing costs ~0.5 s
         at 100,000 elements)."""
         if have is None:
-            d = self._read(lambda dumped: self._diff(elements, now, dumped))
+            d = self._learning(lambda dumped: self._diff(elements, now, dumped, self._known))
             if d is None:  # no table: everything is missing
                 d = self._diff(elements, now, iter(()))
         else:
