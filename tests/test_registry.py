@@ -220,6 +220,24 @@ def test_refreshes_do_not_grow_the_expiry_schedule():
     assert r.expire(last).removed == {b(str(i), ip=f"192.0.2.{i}") for i in range(100)}
 
 
+def test_a_text_in_another_role_is_not_shared():
+    """The owner's user, the Call-ID and the contact are looked up in one
+    index: a row whose contact is another row's Call-ID, or whose Call-ID
+    is another's user, shares nothing with it (no re-read)."""
+    r = Registry()
+    a = reg("1001", ip="192.0.2.1", call_id="shared-text", contact="<sip:1001@192.0.2.1>")
+    b_ = reg("1002", ip="192.0.2.2", call_id="1001", contact="shared-text")
+    r.apply("fs1", Registered(a), T0)
+    r.apply("fs1", Registered(b_), T0)
+    again = r.apply("fs1", Registered(dataclasses.replace(a, expires=T0 + 400)), T0)
+    assert not again.reread and not again.reread_late
+    again = r.apply("fs1", Registered(dataclasses.replace(b_, expires=T0 + 400)), T0)
+    assert not again.reread and not again.reread_late
+    r.apply("fs1", unreg(a), T0)
+    assert r.rows() == [dataclasses.replace(b_, expires=T0 + 400)]
+    assert r._owner_keys("fs1", b_.owner) and not r._owner_keys("fs1", a.owner)
+
+
 def test_too_long_credentials_are_reported_not_stored():
     r = Registry()
     long_user = "u" * 65

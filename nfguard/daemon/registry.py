@@ -173,20 +173,20 @@ class Registry:
         self._rows: dict[str, dict[RowKey, Registration]] = {}
         # binding -> its row's key, or a set of them when several
         self._holders: dict[Binding, tuple | set[tuple]] = {}
-        # node -> the owner's sip_user / call-id / contact -> row key(s): who
-        # else an event may have touched. By the owner's user, not the
-        # (profile, user, host) tuple: one tuple fewer per row (8 MB at
-        # 100,000); _owner_keys() picks the owner's rows out.
-        self._by_owner: dict[str, dict[str, RowKey | set[RowKey]]] = {}
-        self._by_call: dict[str, dict[str, RowKey | set[RowKey]]] = {}
-        self._by_contact: dict[str, dict[str, RowKey | set[RowKey]]] = {}
+        # node -> text -> row key(s): who else an event may have touched.
+        # Each row is under its owner's sip_user, its Call-ID and its
+        # contact, in one table (one table of 300,000 is 4 MB less than
+        # three of 100,000), and under the user, not the (profile, user,
+        # host) tuple (one tuple fewer a row: 8 MB at 100,000). A lookup
+        # keeps the rows whose field is the text (_texts).
+        self._by_text: dict[str, dict[str, RowKey | set[RowKey]]] = {}
         self._effective: dict[Binding, float] = {}
         # When rows may expire: whole second -> the keys of the rows that
         # were due in it when scheduled; the seconds in a heap. A key in a
         # list, not an (until, key) tuple in a heap: 8 bytes a row, not 72.
         # Invariant: a row whose expiry (_row_expiry) moves to `until` is
         # scheduled at int(until), so an entry of an earlier second can be
-        # passed over. Stale entries are compacted away (_reschedule).
+        # passed over. Stale entries are compacted away (_compact).
         self._due: dict[int, list[RowKey]] = {}
         self._due_seconds: list[int] = []
         self._scheduled = 0
@@ -217,8 +217,13 @@ class Registry:
         return [rows[k] for k in self._owner_keys(node, owner)]
 
     def _owner_keys(self, node: str, owner: Owner) -> list[RowKey]:
-        return [k for k in _index_items(self._by_owner.get(node, {}), owner[1])
+        return [k for k in _index_items(self._by_text.get(node, {}), owner[1])
                 if k[:3] == owner]
+
+    def _texts(self, node: str, at: int, text: str) -> list[RowKey]:
+        """The node's rows whose key has `text` at index `at` (3: the
+        Call-ID, 4: the contact)."""
+        return [k for k in _index_items(self._by_text.get(node, {}), text) if k[at] == text]
 
     def nodes(self) -> list[str]:
         return sorted(set(self._rows) | set(self.down_since))
@@ -268,9 +273,9 @@ class Registry:
         owner, call_id, contact = key[:3], key[3], key[4]
         others = [k for k in self._owner_keys(node, owner) if k not in exact]
         profile, mine = key[0], len(others)
-        for index, value in ((self._by_call, call_id), (self._by_contact, contact)):
+        for at, value in ((3, call_id), (4, contact)):
             if value is not None:
-                others.extend(k for k in _index_items(index.get(node, {}), value)
+                others.extend(k for k in self._texts(node, at, value)
                               if k not in exact and k[0] == profile)
         if not others:
             return set(), False
@@ -338,9 +343,7 @@ class Registry:
         """_store() for rows the node does not hold yet, in bulk: the whole
         table on a first sync, where per-row calls would double the time."""
         rows = self._rows.setdefault(node, {})
-        by_owner = self._by_owner.setdefault(node, {})
-        by_call = self._by_call.setdefault(node, {})
-        by_contact = self._by_contact.setdefault(node, {})
+        by_text = self._by_text.setdefault(node, {})
         due, seconds = self._due, self._due_seconds
         holders, effective, added = self._holders, self._effective, diff.added
         user_max, realm_max, grace = self.user_max, self.realm_max, self.grace
@@ -357,21 +360,12 @@ class Registry:
             if rejected:
                 rejected.pop((node, key), None)
             rows[key] = reg
-            # the indexes inline: nearly every entry is new and single
-            owner_user = key[1]
-            if owner_user in by_owner:
-                _index_add(by_owner, owner_user, key)
-            else:
-                by_owner[owner_user] = key
-            call_id, contact = key[3], key[4]
-            if call_id in by_call:
-                _index_add(by_call, call_id, key)
-            else:
-                by_call[call_id] = key
-            if contact in by_contact:
-                _index_add(by_contact, contact, key)
-            else:
-                by_contact[contact] = key
+            # the index inline: nearly every entry is new and single
+            for text in (key[1], key[3], key[4]):
+                if text in by_text:
+                    _index_add(by_text, text, key)
+                else:
+                    by_text[text] = key
             low_user, low_realm = user.lower(), realm.lower()
             b = _new_binding(Binding, (user if low_user == user else low_user,
                                        realm if low_realm == realm else low_realm, reg.ip))
@@ -462,7 +456,7 @@ class Registry:
 
     def _forget(self, node: str) -> None:
         """The node holds no rows: drop its (empty) tables."""
-        for table in (self._rows, self._by_owner, self._by_call, self._by_contact):
+        for table in (self._rows, self._by_text):
             table.pop(node, None)
 
     def _store(self, node: str, reg: Registration, touched: set, diff: Diff) -> None:
@@ -487,9 +481,9 @@ class Registry:
             _index_remove(self._holders, old_b, key)
             touched.add(old_b)
         else:
-            _index_add(self._by_owner.setdefault(node, {}), key[1], key)
-            _index_add(self._by_call.setdefault(node, {}), key[3], key)
-            _index_add(self._by_contact.setdefault(node, {}), key[4], key)
+            by_text = self._by_text.setdefault(node, {})
+            for text in (key[1], key[3], key[4]):
+                _index_add(by_text, text, key)
         rows[key] = reg
         b = binding_of(reg)
         _index_add(self._holders, b, key)
@@ -504,9 +498,9 @@ class Registry:
         b = binding_of(reg)
         _index_remove(self._holders, b, key)
         touched.add(b)
-        _index_remove(self._by_owner[node], key[1], key)
-        _index_remove(self._by_call[node], key[3], key)
-        _index_remove(self._by_contact[node], key[4], key)
+        by_text = self._by_text[node]
+        for text in (key[1], key[3], key[4]):
+            _index_remove(by_text, text, key)
         if not rows:
             self._forget(node)
 
