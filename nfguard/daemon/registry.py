@@ -34,7 +34,6 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import NamedTuple
 
 from nfguard.consts import REALM_MAX, USER_MAX
@@ -171,7 +170,9 @@ class Registry:
         self.user_max = user_max
         self.realm_max = realm_max
         self._rows: dict[str, dict[RowKey, Registration]] = {}
-        # binding -> its row's key, or a set of them when several
+        # binding -> its row's key, or a set of them when several. A
+        # binding's expiry is not stored: _until() reads it from its rows
+        # (a table and a float a binding fewer: 7.6 MB at 100,000).
         self._holders: dict[Binding, tuple | set[tuple]] = {}
         # node -> text -> row key(s): who else an event may have touched.
         # Each row is under its owner's sip_user, its Call-ID and its
@@ -180,7 +181,6 @@ class Registry:
         # host) tuple (one tuple fewer a row: 8 MB at 100,000). A lookup
         # keeps the rows whose field is the text (_texts).
         self._by_text: dict[str, dict[str, RowKey | set[RowKey]]] = {}
-        self._effective: dict[Binding, float] = {}
         # When rows may expire: whole second -> the keys of the rows that
         # were due in it when scheduled; the seconds in a heap. A key in a
         # list, not an (until, key) tuple in a heap: 8 bytes a row, not 72.
@@ -197,16 +197,17 @@ class Registry:
     # -- reading -------------------------------------------------------------
     def bindings(self) -> dict[Binding, float]:
         """Every binding and its expiry (seconds since the epoch): a copy."""
-        return dict(self._effective)
+        until = self._until
+        return {b: until(b) for b in self._holders}
 
     def view(self) -> Mapping[Binding, float]:
-        """bindings() without the copy (~5 MB at 100,000): read-only, and
-        live, so not to be held across a change."""
-        return MappingProxyType(self._effective)
+        """bindings() without the copy (~10 MB at 100,000): read-only, each
+        expiry read when asked, and live, so not to be held across a change."""
+        return _View(self)
 
     def __len__(self) -> int:
         """How many bindings."""
-        return len(self._effective)
+        return len(self._holders)
 
     def rows(self, node: str | None = None) -> list[Registration]:
         nodes = [node] if node is not None else list(self._rows)
@@ -237,7 +238,7 @@ class Registry:
         """One event of `node` (fsevents.Registered or Unregistered). The
         row it names changes at once; Diff.reread names the owners whose
         other rows it may have changed too (see the module docstring)."""
-        diff, touched = Diff(), set()
+        diff, touched = Diff(), {}
         if isinstance(event, Registered):
             key = row_key(event.reg, node)
             owners, shared = self._sharers(node, key, {key})
@@ -285,7 +286,7 @@ class Registry:
                 now: float) -> Diff:
         """Replace the node's rows of one owner with what FreeSWITCH says
         it holds now (fsevents.read_owner)."""
-        diff, touched = Diff(), set()
+        diff, touched = Diff(), {}
         fresh = {row_key(reg, node): reg for reg in regs if reg.owner == owner}
         for key in self._owner_keys(node, owner):
             if key not in fresh:
@@ -312,12 +313,14 @@ class Registry:
             return self._resync(node, regs)
 
     def _resync(self, node: str, regs: Iterable[Registration]) -> Diff:
-        diff, touched = Diff(), set()
+        diff, touched = Diff(), {}
         track = node in self._synced  # the first resync is no drift
         self._synced.add(node)
-        if self.down_since.pop(node, None) is not None:
+        if node in self.down_since:
+            for reg in self._rows.get(node, {}).values():
+                self._touch(touched, binding_of(reg))  # their expiry is their own again
+            del self.down_since[node]
             for key, reg in self._rows.get(node, {}).items():
-                touched.add(binding_of(reg))  # their expiry is their own again
                 self._schedule(key, reg)
         old = self._rows.get(node, {})
         fresh: dict[RowKey, Registration] = {}
@@ -338,14 +341,14 @@ class Registry:
                      touched, diff, track)
         return self._settle(touched, diff, track)
 
-    def _insert(self, node: str, regs: Iterable[tuple[RowKey, Registration]], touched: set,
+    def _insert(self, node: str, regs: Iterable[tuple[RowKey, Registration]], touched: dict,
                 diff: Diff, track: bool) -> None:
         """_store() for rows the node does not hold yet, in bulk: the whole
         table on a first sync, where per-row calls would double the time."""
         rows = self._rows.setdefault(node, {})
         by_text = self._by_text.setdefault(node, {})
         due, seconds = self._due, self._due_seconds
-        holders, effective, added = self._holders, self._effective, diff.added
+        holders, added = self._holders, diff.added
         user_max, realm_max, grace = self.user_max, self.realm_max, self.grace
         up = node not in self.down_since
         rejected = self.rejected
@@ -371,11 +374,12 @@ class Registry:
                                        realm if low_realm == realm else low_realm, reg.ip))
             until = reg.expires if up else self._row_expiry(node, reg)
             if b in holders:
+                if b not in touched:
+                    touched[b] = self._until(b)
                 _index_add(holders, b, key)
-                touched.add(b)
             else:  # a binding of this row alone: settled here
                 holders[b] = key
-                effective[b] = added[b] = until + grace
+                added[b] = until + grace
                 if track:
                     diff.appeared.add(b)
             sec = int(until)
@@ -395,15 +399,17 @@ class Registry:
         """`node` disconnected: keep its rows for degraded_grace seconds."""
         if node in self.down_since:
             return Diff()
+        touched: dict[Binding, float | None] = {}
+        for reg in self._rows.get(node, {}).values():
+            self._touch(touched, binding_of(reg))
         self.down_since[node] = now
-        touched = {binding_of(reg) for reg in self._rows.get(node, {}).values()}
         for key, reg in self._rows.get(node, {}).items():
             self._schedule(key, reg)
         return self._settle(touched, Diff())
 
     def expire(self, now: float) -> Diff:
         """Drop the rows whose time (plus grace) has come."""
-        touched: set[Binding] = set()
+        touched: dict[Binding, float | None] = {}
         seconds, not_yet = self._due_seconds, []
         while seconds and seconds[0] + self.grace <= now:
             sec = heapq.heappop(seconds)
@@ -459,7 +465,7 @@ class Registry:
         for table in (self._rows, self._by_text):
             table.pop(node, None)
 
-    def _store(self, node: str, reg: Registration, touched: set, diff: Diff) -> None:
+    def _store(self, node: str, reg: Registration, touched: dict, diff: Diff) -> None:
         key = row_key(reg, node)
         user, realm = reg.user, reg.realm
         if not (user.isascii() and realm.isascii() and len(user) <= self.user_max
@@ -476,56 +482,88 @@ class Registry:
         if rows is None:
             rows = self._rows[node] = {}
         old = rows.get(key)
+        b = binding_of(reg)
+        self._touch(touched, b)
         if old is not None:
             old_b = binding_of(old)
+            self._touch(touched, old_b)
             _index_remove(self._holders, old_b, key)
-            touched.add(old_b)
         else:
             by_text = self._by_text.setdefault(node, {})
             for text in (key[1], key[3], key[4]):
                 _index_add(by_text, text, key)
         rows[key] = reg
-        b = binding_of(reg)
         _index_add(self._holders, b, key)
-        touched.add(b)
         self._schedule(key, reg)
 
-    def _drop(self, node: str, key: RowKey, touched: set) -> None:
+    def _drop(self, node: str, key: RowKey, touched: dict) -> None:
         rows = self._rows.get(node)
-        reg = rows.pop(key, None) if rows else None
+        reg = rows.get(key) if rows else None
         if reg is None:
             return
         b = binding_of(reg)
+        self._touch(touched, b)
+        del rows[key]
         _index_remove(self._holders, b, key)
-        touched.add(b)
         by_text = self._by_text[node]
         for text in (key[1], key[3], key[4]):
             _index_remove(by_text, text, key)
         if not rows:
             self._forget(node)
 
-    def _settle(self, touched: set[Binding], diff: Diff, track: bool = False) -> Diff:
-        """Each touched binding's expiry from the rows that hold it now;
-        `track`: note in diff.appeared the ones that were not bound."""
-        holders, effective, rows = self._holders, self._effective, self._rows
-        grace, all_up = self.grace, not self.down_since
-        added, removed = diff.added, diff.removed
-        for b in touched:
-            have = holders.get(b)
-            if have is None:
-                if effective.pop(b, None) is not None:
+    def _until(self, b: Binding) -> float | None:
+        """The binding's expiry (the latest of its rows', plus grace), or
+        None when no row holds it."""
+        have = self._holders.get(b)
+        if have is None:
+            return None
+        rows = self._rows
+        if type(have) is set:
+            return max(self._row_expiry(k[5], rows[k[5]][k]) for k in have) + self.grace
+        if not self.down_since:
+            return rows[have[5]][have].expires + self.grace
+        return self._row_expiry(have[5], rows[have[5]][have]) + self.grace
+
+    def _touch(self, touched: dict, b: Binding) -> None:
+        """Note b's expiry before a change (once: the first is the before)."""
+        if b not in touched:
+            touched[b] = self._until(b)
+
+    def _settle(self, touched: dict[Binding, float | None], diff: Diff,
+                track: bool = False) -> Diff:
+        """Each touched binding's expiry from the rows that hold it now,
+        against the one before; `track`: note in diff.appeared the ones
+        that were not bound."""
+        added, removed, until = diff.added, diff.removed, self._until
+        for b, was in touched.items():
+            now = until(b)
+            if now is None:
+                if was is not None:
                     removed.add(b)
-                continue
-            if type(have) is set:
-                until = max(self._row_expiry(k[5], rows[k[5]][k]) for k in have) + grace
-            elif all_up:
-                until = rows[have[5]][have].expires + grace
-            else:
-                until = self._row_expiry(have[5], rows[have[5]][have]) + grace
-            was = effective.get(b)
-            if was != until:
+            elif now != was:
                 if track and was is None:
                     diff.appeared.add(b)
-                effective[b] = until
-                added[b] = until
+                added[b] = now
         return diff
+
+
+class _View(Mapping):
+    """Registry.view(): the bindings and their expiries, each read when asked."""
+
+    def __init__(self, registry: Registry):
+        self._registry = registry
+
+    def __getitem__(self, b: Binding) -> float:
+        until = self._registry._until(b)
+        if until is None:
+            raise KeyError(b)
+        return until
+
+    def __contains__(self, b) -> bool:
+        return b in self._registry._holders
+
+    def __iter__(self):
+        return iter(self._registry._holders)
+
+    def __len__(self) -> int:
+        return len(self._registry._holders)
