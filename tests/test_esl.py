@@ -26,6 +26,7 @@ from nfguard.daemon.esl import (
 from nfguard.daemon.fsevents import (
     Registered,
     Unregistered,
+    XmlstatusRegReader,
     event_headers,
     follow,
     normalize_ip,
@@ -306,6 +307,59 @@ def test_xmlstatus_rows_that_cannot_be_read_are_named():
     rows = parse_xmlstatus_reg(xml, "fs1", "internal", 0.0, skipped)
     assert [r.user for r in rows] == ["1001"]
     assert len(skipped) == 1 and "1002@r" in skipped[0] and "bad network-ip" in skipped[0]
+
+
+@pytest.mark.parametrize("piece", [1, 7, 4096])
+def test_xmlstatus_read_a_piece_at_a_time_is_the_same(piece):
+    """The snapshot as the daemon reads it (XmlstatusRegReader, fed as the
+    body arrives, a multi-byte character cut between two pieces) gives the
+    rows of the whole text, and lets go of each row's element."""
+    real = (REAL / "sofia_xmlstatus_reg.xml").read_bytes()
+    mine = reg_xml([Row("1001", "r\u00e9alm", "192.0.2.1", 5060, "a"),
+                    Row("1002", "r", "bad", 5060, "b"),
+                    Row("\u00e91003", "r", "192.0.2.3", 5060, "c")]).encode()
+    for body in (real, mine):
+        whole_skipped, skipped = [], []
+        whole = parse_xmlstatus_reg(body.decode(), "vm", "internal", 0.0, whole_skipped)
+        reader = XmlstatusRegReader("vm", "internal", 0.0, skipped)
+        for i in range(0, len(body), piece):
+            reader.feed(body[i:i + piece])
+            if reader._parent is not None:  # the row being read, no more
+                assert len(reader._parent) <= 1
+        assert reader.close() == whole and skipped == whole_skipped
+        assert whole
+    assert [r.realm for r in whole] == ["r\u00e9alm", "r"] and len(skipped) == 1
+    with pytest.raises(ValueError, match=r"is not XML .*Invalid Profile"):
+        reader = XmlstatusRegReader("vm", "internal", 0.0)
+        reader.feed(b"Invalid Profile!\n")
+        reader.close()
+
+
+def test_api_into_feeds_the_body_in_pieces_and_keeps_the_stream_in_step():
+    """A body longer than one piece arrives in pieces; a feed that fails
+    gets its error raised, and the rest of that body is still read, so the
+    next reply is the next command's."""
+    from nfguard.daemon import esl as esl_mod
+
+    big = b"x" * (3 * esl_mod.BODY_PIECE + 5)
+
+    async def main():
+        server = FakeEsl(api={"big": big, "small": b"ok"})
+        port = await server.start()
+        conn = await EslConnection.open("127.0.0.1", port, "ClueCon", on_event=lambda f: None)
+        pieces = []
+        await conn.api_into("big", pieces.append)
+        assert b"".join(pieces) == big and len(pieces) >= 4
+        assert max(map(len, pieces)) <= esl_mod.BODY_PIECE
+
+        def failing(chunk):
+            raise ValueError("not what I expected")
+        with pytest.raises(ValueError, match="not what I expected"):
+            await conn.api_into("big", failing)
+        assert await conn.api("small") == "ok"
+        await conn.close()
+        await server.stop()
+    run(main())
 
 
 def test_profiles_leave_out_aliases_and_count_a_profile_once():

@@ -39,6 +39,7 @@ log = logging.getLogger("nfguard.esl")
 # Event Socket bodies are bounded only by memory: `sofia xmlstatus` of
 # 100,000 registrations is about 70 MB. Beyond this a length is not trusted.
 MAX_BODY = 512 << 20
+BODY_PIECE = 1 << 16  # a streamed body (api_into) is fed this many bytes at a time
 MAX_HEADER_LINE = 64 << 10
 
 # What nfguard follows (JSON keeps values raw: the plain format's URL
@@ -82,6 +83,19 @@ async def read_frame(reader: asyncio.StreamReader, max_body: int = MAX_BODY) -> 
     """The next frame. Raises EslError when the peer closed (also in the
     middle of a frame), FramingError for a Content-Length that cannot be
     trusted. A header line without ':' is logged and skipped."""
+    headers = await read_headers(reader)
+    length = body_length(headers, max_body)
+    if length is None:
+        return Frame(headers)
+    try:
+        body = await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise EslError("the connection closed in the middle of a frame body") from None
+    return Frame(headers, body)
+
+
+async def read_headers(reader: asyncio.StreamReader) -> dict[str, str]:
+    """A frame's headers (read_frame), up to the empty line after them."""
     headers: dict[str, str] = {}
     while True:
         try:
@@ -102,16 +116,39 @@ async def read_frame(reader: asyncio.StreamReader, max_body: int = MAX_BODY) -> 
             log.warning("ESL: skipped a header line without ':': %r", line[:80])
             continue
         headers[name.decode("latin-1").strip()] = value.decode("utf-8", "replace").strip()
+    return headers
+
+
+def body_length(headers: dict[str, str], max_body: int = MAX_BODY) -> int | None:
+    """The frame's Content-Length, None without one; FramingError when it
+    cannot be trusted."""
     length = headers.get("Content-Length")
     if length is None:
-        return Frame(headers)
+        return None
     if not length.isdigit() or int(length) > max_body:
         raise FramingError(f"bad Content-Length {length[:40]!r}")
-    try:
-        body = await reader.readexactly(int(length))
-    except asyncio.IncompleteReadError:
-        raise EslError("the connection closed in the middle of a frame body") from None
-    return Frame(headers, body)
+    return int(length)
+
+
+async def read_body_into(reader: asyncio.StreamReader, length: int,
+                         feed: Callable[[bytes], None]) -> Exception | None:
+    """A frame body of `length` bytes into feed(), a piece at a time as it
+    arrives. The whole body is read even when feed() raises (the next frame
+    starts after it): the exception is returned, and feed() no longer called."""
+    failed: Exception | None = None
+    left = length
+    while left:
+        try:
+            chunk = await reader.readexactly(min(left, BODY_PIECE))
+        except asyncio.IncompleteReadError:
+            raise EslError("the connection closed in the middle of a frame body") from None
+        left -= len(chunk)
+        if failed is None:
+            try:
+                feed(chunk)
+            except Exception as e:  # noqa: BLE001 - the caller's, handed back
+                failed = e
+    return failed
 
 
 class EslConnection:
@@ -122,7 +159,9 @@ class EslConnection:
         self._reader = reader
         self._writer = writer
         self._on_event = on_event
-        self._pending: deque[asyncio.Future] = deque()
+        # one a command sent, oldest first: its future, and where an
+        # api_into() wants the body fed (None: in the frame)
+        self._pending: deque[tuple[asyncio.Future, Callable[[bytes], None] | None]] = deque()
         self._send_lock = asyncio.Lock()
         self._reader_task: asyncio.Task | None = None
         self.closed = asyncio.Event()
@@ -168,13 +207,25 @@ class EslConnection:
         reason = "closed"
         try:
             while True:
-                frame = await read_frame(self._reader)
-                ctype = frame.content_type
+                headers = await read_headers(self._reader)
+                ctype = headers.get("Content-Type", "")
+                length = body_length(headers)
+                feed = self._pending[0][1] if self._pending else None
+                if ctype == "api/response" and feed is not None and length is not None:
+                    fut, _ = self._pending.popleft()
+                    failed = await read_body_into(self._reader, length, feed)
+                    if not fut.done():
+                        if failed is None:
+                            fut.set_result(Frame(headers))
+                        else:
+                            fut.set_exception(failed)
+                    continue
+                frame = await self._body(headers, length)
                 if ctype in ("command/reply", "api/response"):
                     if not self._pending:
                         log.warning("ESL: a %s that no command waits for", ctype)
                         continue
-                    fut = self._pending.popleft()
+                    fut, _ = self._pending.popleft()
                     if not fut.done():
                         fut.set_result(frame)
                 elif ctype in EVENT_TYPES:
@@ -191,22 +242,31 @@ class EslConnection:
         finally:
             self._abort(reason)
 
+    async def _body(self, headers: dict[str, str], length: int | None) -> Frame:
+        if length is None:
+            return Frame(headers)
+        try:
+            return Frame(headers, await self._reader.readexactly(length))
+        except asyncio.IncompleteReadError:
+            raise EslError("the connection closed in the middle of a frame body") from None
+
     def _abort(self, reason: str) -> None:
         if not self.close_reason:
             self.close_reason = reason
         while self._pending:
-            fut = self._pending.popleft()
+            fut, _ = self._pending.popleft()
             if not fut.done():
                 fut.set_exception(EslError(f"connection lost: {self.close_reason}"))
         self._writer.close()
         self.closed.set()
 
-    async def _request(self, text: str, timeout: float) -> Frame:
+    async def _request(self, text: str, timeout: float,
+                       feed: Callable[[bytes], None] | None = None) -> Frame:
         if self.closed.is_set():
             raise EslError(f"connection lost: {self.close_reason}")
         fut = asyncio.get_running_loop().create_future()
         async with self._send_lock:
-            self._pending.append(fut)
+            self._pending.append((fut, feed))
             try:
                 self._writer.write(encode_command(text))
                 await self._writer.drain()
@@ -231,6 +291,12 @@ class EslConnection:
         """Run `api CMD`; the body of its api/response."""
         reply = await self._request(f"api {cmd}", timeout)
         return reply.body.decode("utf-8", "replace")
+
+    async def api_into(self, cmd: str, feed: Callable[[bytes], None],
+                       timeout: float = 60.0) -> None:
+        """Run `api CMD`, its body fed to feed() a piece at a time as it
+        arrives, never held whole; what feed() raises is raised here."""
+        await self._request(f"api {cmd}", timeout, feed)
 
     async def close(self) -> None:
         if self._reader_task is not None:
