@@ -1,5 +1,9 @@
 """`nfguard bench sync`: the controller's targets (docs/design.md section 7).
 
+- snapshot: the 100,000 read as the daemon reads them at a first sync,
+  `sofia xmlstatus profile internal reg` over the Event Socket from a
+  stand-in FreeSWITCH in a process of its own (its memory is not ours),
+  parsed as the body arrives: `snapshot_s`.
 - sync: 100,000 registrations resynced into the registry and applied to
   the bindings map (batch syscalls) and the nft sets (batches of
   nftstate.CHUNK), through the daemon's own apply path; target <= 3 s.
@@ -12,7 +16,9 @@
   moment its frame is written to the moment its binding is in the map and
   the nft set; target p99 <= 10 ms.
 - memory: `peak_rss_mb` is this process's ru_maxrss over all of it (the
-  load, both syncs, the events); target <= 200 MB. `load_peak_mb` and
+  load, the snapshot, both syncs, the events); target <= 200 MB. The modules `nfguard
+  run` imports are imported here too, the attach code's pyroute2 with them
+  (~11 MB of the figure), though nothing is attached. `load_peak_mb` and
   `load_rss_mb`: the peak and the resident size right after the program's
   load (bcc compiles it in this process).
 
@@ -28,9 +34,10 @@ import ctypes
 import os
 import resource
 import subprocess
+import sys
 import time
 
-from nfguard.bench.esl import event_headers, json_frame, registrations
+from nfguard.bench.esl import event_headers, json_frame
 from nfguard.errors import NfguardError
 from nfguard.lab.fakeesl import FakeEsl
 
@@ -63,6 +70,56 @@ def _status_mb() -> dict[str, float]:
     return out
 
 
+# A stand-in FreeSWITCH holding the 100,000 registrations, in a process of
+# its own: it prints its port, and serves until its stdin closes.
+_SNAPSHOT_SERVER = """
+import asyncio, sys, time
+from nfguard.bench.esl import registrations
+from nfguard.lab.fakeesl import FakeEsl, Row
+
+async def main():
+    now = time.time()
+    rows = [Row(r.user, r.realm, r.ip, r.port, r.call_id, r.contact, int(r.expires - now))
+            for r in registrations(int(sys.argv[1]), now)]
+    esl = FakeEsl(table=rows)
+    print(await esl.start(), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await esl.stop()
+
+asyncio.run(main())
+"""
+
+
+async def _read_snapshot(n: int):
+    """The registrations of a stand-in FreeSWITCH holding n, read over the
+    Event Socket as the daemon's first sync reads them; and the seconds."""
+    import nfguard
+    from nfguard.daemon.esl import EslConnection
+    from nfguard.daemon.fsevents import read_snapshot
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(nfguard.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p)}  # this nfguard, however run
+    server = subprocess.Popen([sys.executable, "-c", _SNAPSHOT_SERVER, str(n)], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline() or 0)
+        if not port:
+            raise NfguardError("the stand-in FreeSWITCH for the snapshot did not start")
+        conn = await EslConnection.open("127.0.0.1", port, "ClueCon", on_event=lambda f: None)
+        t = time.perf_counter()
+        snapshot = await read_snapshot(conn, PRELOADED, time.time)
+        took = time.perf_counter() - t
+        await conn.close()
+    finally:
+        server.stdin.close()
+        server.wait(timeout=30)
+    if len(snapshot.registrations) != n:
+        raise NfguardError(f"the snapshot held {len(snapshot.registrations)} registrations, "
+                           f"not {n}")
+    return snapshot.registrations, took
+
+
 def _frame_bytes(i: int) -> bytes:
     f = json_frame(event_headers(BINDINGS + i, False))
     return (b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(f.body)) + f.body
@@ -73,6 +130,7 @@ def bench_sync(repeat: int, rounds: int, loads: int = 1) -> dict:
     from nfguard.daemon.config import parse_config
     from nfguard.daemon.core import Daemon
     from nfguard.daemon.nftstate import NftState
+    from nfguard.kernel import attach  # noqa: F401 - held as nfguard run holds it (pyroute2)
     from nfguard.kernel.host import require_bpf_runtime
     from nfguard.kernel.program import Program
 
@@ -93,14 +151,14 @@ async def _measure(Daemon, KernelBackend, parse_config, NftState, Program) -> di
     nft.install(())
     daemon = Daemon(cfg, backend=KernelBackend(prog, nft))
     try:
-        # -- sync: 100,000 through registry, map and nft ----------------------
+        # -- snapshot, then sync: 100,000 through registry, map and nft --------
+        regs, snapshot_s = await _read_snapshot(BINDINGS)
         now = time.time()
-        regs = registrations(BINDINGS, now)
         t = time.perf_counter()
         diff = daemon.registry.resync(PRELOADED, regs, now)
         daemon.apply(diff)
         sync_s = time.perf_counter() - t
-        del regs  # the daemon's snapshot is gone before its diff is applied
+        del regs  # the daemon's snapshot is gone once its diff is applied
 
         # -- latency: events at 1,000/s over the socket -------------------------
         done: dict[str, float] = {}
@@ -160,6 +218,7 @@ async def _measure(Daemon, KernelBackend, parse_config, NftState, Program) -> di
         await esl.stop()
     return {
         "bindings": BINDINGS,
+        "snapshot_s": round(snapshot_s, 2),
         "sync_s": round(sync_s, 3),
         "first_sync_s": round(first_sync_s, 2),
         "event_rate_per_s": round(rate),
@@ -175,6 +234,8 @@ async def _measure(Daemon, KernelBackend, parse_config, NftState, Program) -> di
 
 def print_sync(result: dict, repeat: int, rounds: int, loads: int) -> None:
     lat = result["event_latency_ms"]
+    print(f"snapshot: {result['bindings']:,} registrations read over the Event Socket in "
+          f"{result['snapshot_s']:.2f} s")
     print(f"controller: {result['bindings']:,} bindings into the map and nft in "
           f"{result['sync_s']:.2f} s (target 3 s); first full sync "
           f"{result['first_sync_s']:.2f} s")
