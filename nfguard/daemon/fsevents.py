@@ -297,7 +297,8 @@ def parse_xmlstatus_reg(xml_text: str, node: str, profile: str, now: float,
     """Registrations from `sofia xmlstatus profile NAME reg`. Rows that
     cannot be read are named in `skipped` and left out."""
     reader = XmlstatusRegReader(node, profile, now, skipped)
-    reader.feed_text(xml_text)
+    for i in range(0, len(xml_text), 1 << 16):  # in pieces: the parser's events stay few
+        reader.feed_text(xml_text[i:i + (1 << 16)])
     return reader.close()
 
 
