@@ -254,6 +254,18 @@ def test_too_long_credentials_are_reported_not_stored():
     assert d.rejected and "66 bytes" in d.rejected[0][1]
 
 
+def test_a_resync_keeps_the_rows_it_rejects_in_rejected():
+    """A too-long registration in a snapshot (a first resync too) is named
+    in `rejected` as long as FreeSWITCH holds it, as one from an event is."""
+    r = Registry()
+    long = reg("u" * 65)
+    d = r.resync("fs1", [long, reg("1001")], T0)
+    assert len(d.rejected) == 1 and list(r.rejected.values()) == [d.rejected[0]]
+    assert r.bindings().keys() == {b("1001")}
+    assert not r.resync("fs1", [long, reg("1001")], T0 + 1).added
+    assert len(r.rejected) == 1
+
+
 def test_rejected_row_is_forgotten_when_unregistered_or_resynced_away():
     r = Registry()
     long = reg("u" * 65)

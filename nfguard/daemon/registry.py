@@ -356,9 +356,7 @@ class Registry:
             user, realm = reg.user, reg.realm
             if not (user.isascii() and realm.isascii() and len(user) <= user_max
                     and len(realm) <= realm_max):
-                self._store(node, reg, touched, diff)  # maybe rejected
-                if rejected:
-                    rejected.pop((node, key), None)
+                self._store(node, reg, touched, diff)  # maybe rejected: it says so
                 continue
             if rejected:
                 rejected.pop((node, key), None)
