@@ -275,3 +275,33 @@ def test_no_endpoint_synced_stays_in_monitor_past_the_timeout(tmp_path):
             assert not w.daemon.synced and backend.kernel_mode == "monitor"
             assert w.daemon.status()["unsynced"] == ["fs1"]
     run(go())
+
+
+def test_bpf_drift_reads_the_map_one_binding_at_a_time():
+    """BpfSink.drift: the map's bindings not wanted are extra; wanted ones
+    it lacks are missing, looked up one by one only when the map holds
+    fewer of the wanted than there are."""
+    from nfguard.daemon.backend import BpfSink
+    from nfguard.kernel.program import Binding as MapBinding
+
+    class Map:
+        def __init__(self, held):
+            self.held, self.lookups = held, 0
+
+        def iter_bindings(self):
+            for u, r, ip in self.held:
+                yield MapBinding(u, r, ip, 0)
+
+        def holds(self, u, r, ip):
+            self.lookups += 1
+            return (u, r, ip) in self.held
+
+    a, b_, c = (Binding("1001", "r", "192.0.2.1"), Binding("1002", "r", "192.0.2.2"),
+                Binding("1003", "r", "192.0.2.3"))
+    prog = Map({tuple(a), tuple(b_)})
+    assert BpfSink(prog).drift({a: 1.0, b_: 1.0}, 0) == {"bpf_missing": [], "bpf_extra": []}
+    assert prog.lookups == 0  # as many held as wanted: nothing to look up
+    prog = Map({tuple(a), tuple(c)})
+    assert BpfSink(prog).drift({a: 1.0, b_: 1.0}, 0) == {
+        "bpf_missing": ["1002@r 192.0.2.2"], "bpf_extra": ["1003@r 192.0.2.3"]}
+    assert prog.lookups == 2

@@ -184,6 +184,15 @@ def test_install_creates_exactly_the_table(ns):
     r = s.read()
     assert r == {"bindings": {}, "trusted": ["10.0.0.0/8", "192.168.1.1/32", "2001:db8::/32"],
                  "rejected": {"packets": 0, "bytes": 0}, "mark": MARK}
+    # status's view: the same without the bindings, object by object
+    now = time.time()
+    s.apply({"192.0.2.1": Element(now + 600, creds("1001"))}, [], now)
+    assert s.summary() == {k: v for k, v in r.items() if k != "bindings"}
+    assert s.drift({"192.0.2.1": Element(now + 600, creds("1001"))}, now) == {
+        "missing": [], "extra": [], "comment": []}
+    assert s.held_count() == 1
+    s.uninstall()
+    assert s.summary() == {"trusted": [], "rejected": {}, "mark": None}
 
 
 def test_install_twice_keeps_elements_and_replaces_mark(ns):

@@ -571,8 +571,32 @@ class NftState:
         "rejected": {"packets", "bytes"}, "mark": int}; when the table is
         missing: empty dicts/list and mark None."""
         listing = self._list_table()
-        result: dict = {"bindings": self._bindings(listing), "trusted": [],
-                        "rejected": {}, "mark": None}
+        result = self._summarize(listing)
+        result["bindings"] = self._bindings(listing)
+        return result
+
+    def summary(self) -> dict:
+        """read() without the bindings: the trusted networks, the counter
+        and the mark, listed object by object. The whole table's listing of
+        100,000 bindings costs ~250 MB at its peak (its JSON and Python's
+        objects of it); this ~35 MB (libnftables' cache)."""
+        listing: list[dict] = []
+        objects = [("chain", CHAIN), ("counter", COUNTER), *(("set", n) for n in TRUSTED.values())]
+        for kind, name in objects:
+            try:
+                out = self._run([{"list": {kind: self._obj(name=name)}}])
+            except NftError:
+                return self._summarize(None)  # the table is missing (or not ours)
+            listing += out.get("nftables", [])
+        return self._summarize(listing)
+
+    def held_count(self) -> int | None:
+        """How many elements the bindings sets held when last read (a
+        drift() or sync()), None when not known."""
+        return None if self._known is None else len(self._known)
+
+    def _summarize(self, listing: list[dict] | None) -> dict:
+        result: dict = {"trusted": [], "rejected": {}, "mark": None}
         for o in listing or []:
             if "set" in o and o["set"]["name"] in TRUSTED.values():
                 for e in o["set"].get("elem", []):

@@ -5,6 +5,7 @@ whether the daemon gathers it or the CLI does while the daemon is down
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from nfguard.daemon.nftstate import Element, element_comment
 from nfguard.errors import NfguardError
@@ -45,26 +46,24 @@ def interface_status(cfg) -> list[dict]:
     return out
 
 
-def kernel_status(prog, nft, cfg, elements: dict[str, Element] | None = None,
-                  bpf: list | None = None) -> dict:
+def kernel_status(prog, nft, cfg, elements: Mapping[str, Element] | None = None) -> dict:
     """Program config, interfaces, counters, binding counts, and the drift
-    between the bindings map and the nft sets. bpf: prog.bindings(), when
-    the caller has it already."""
-    if bpf is None:
-        bpf = prog.bindings()
+    between what the nft sets should hold (`elements`: the daemon's; made
+    from the bindings map when there is no daemon) and what they hold. The
+    bindings are read one at a time, never listed whole (at 100,000 the
+    table's listing cost ~250 MB)."""
     if elements is None:
-        elements = elements_of(bpf)
-    nft_view = nft.read()  # one listing: at 100,000 elements each costs ~0.5 s
-    if nft_view.get("mark") is None:
-        nft_view = {}  # no table
+        elements = elements_of(prog.iter_bindings())
+    summary = nft.summary()
+    table = summary["mark"] is not None
+    drift = nft.drift(elements, time.time()) if table else None  # reads the sets' dump
     kcfg = prog.config()
     return {
         "kernel": {**kcfg, "ports": prog.ports(), "trusted": prog.trusted()},
         "interfaces": interface_status(cfg),
         "counters": {k: v for k, v in prog.counters().items() if v},
-        "bindings": {"bpf": len(bpf), "nft": len(nft_view.get("bindings", {}))},
-        "nft": {"table": bool(nft_view), "rejected": nft_view.get("rejected"),
-                "mark": nft_view.get("mark")},
-        "drift": {"nft": nft.drift(elements, time.time(), nft_view["bindings"])
-                  if nft_view else None},
+        "bindings": {"bpf": prog.binding_count(), "nft": (nft.held_count() or 0) if table else 0},
+        "nft": {"table": table, "rejected": summary["rejected"] if table else None,
+                "mark": summary["mark"]},
+        "drift": {"nft": drift},
     }
