@@ -27,7 +27,7 @@ from nfguard.kernel import attach as A
 from nfguard.lab.topology import ADDR, run
 from nfguard.packets import sip_request
 
-from conftest import ROOT, TOPO_PREFIX
+from conftest import ROOT, TOPO_PREFIX, cannot_run
 
 pytestmark = pytest.mark.netns
 
@@ -436,3 +436,44 @@ def test_cli_attach_refuses_before_compiling(topo, tmp_path):
     ]
     assert A.xdp_status("pbx1", netns=topo.pbx) == (None, 0, None)
     assert A.tc_status("pbx1", netns=topo.pbx) == []
+
+
+_SILENT_PEER = """
+import asyncio, subprocess
+from nfguard.daemon import esl
+from nfguard.daemon.esl import EslConnection
+from nfguard.lab.fakeesl import FakeEsl
+
+esl.KEEPALIVE_IDLE, esl.KEEPALIVE_INTERVAL, esl.USER_TIMEOUT_MS = 1, 1, 3000
+
+async def main():
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    server = FakeEsl()
+    port = await server.start()
+    conn = await EslConnection.open("127.0.0.1", port, "ClueCon", on_event=lambda f: None)
+    # FreeSWITCH's host gone silent: nothing more from its port, no FIN, no RST
+    subprocess.run(["nft", "add table inet t; add chain inet t c { type filter hook input "
+                    f"priority 0; }}; add rule inet t c tcp sport {port} drop"], check=True)
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    await asyncio.wait_for(conn.closed.wait(), 30)
+    print(f"{loop.time() - t:.1f}", conn.close_reason)
+
+asyncio.run(main())
+"""
+
+
+def test_an_event_socket_peer_gone_silent_is_found_dead():
+    """A FreeSWITCH host that vanishes without closing the connection: TCP
+    keepalive finds it gone (here within 3 s; 30 s by default), and the
+    connection closes with the reason, so the runner reconnects and
+    resyncs instead of trusting a dead stream until the next resync."""
+    if os.geteuid() != 0:
+        cannot_run("needs root: a network namespace and an nft rule")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(["unshare", "--net", sys.executable, "-c", _SILENT_PEER], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    took, reason = out.stdout.split(" ", 1)
+    assert 2.0 <= float(took) <= 10, out.stdout
+    assert "the connection failed: Connection timed out" in reason, out.stdout

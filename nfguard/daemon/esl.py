@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +48,27 @@ MAX_HEADER_LINE = 64 << 10
 SUBSCRIBE = "event json CUSTOM sofia::register sofia::unregister sofia::expire"
 
 EVENT_TYPES = ("text/event-json", "text/event-plain")
+
+# A FreeSWITCH host that vanishes without closing the connection (power
+# lost, a network cut) sends no FIN: the connection would look up, and its
+# events missed, until the next periodic resync. The kernel probes an idle
+# connection from KEEPALIVE_IDLE seconds on, every KEEPALIVE_INTERVAL, and
+# gives up USER_TIMEOUT_MS after the last thing the peer acknowledged (the
+# user timeout overrides KEEPALIVE_COUNT, and also bounds data sent and
+# never acknowledged): a silent peer is found dead in ~30 s.
+KEEPALIVE_IDLE = 15
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 3
+USER_TIMEOUT_MS = 30_000
+
+
+def keep_alive(sock: socket.socket) -> None:
+    """TCP keepalive and user timeout on an Event Socket connection."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
 
 
 class EslError(NfguardError):
@@ -175,6 +197,9 @@ class EslConnection:
                 asyncio.open_connection(host, port, limit=MAX_HEADER_LINE), timeout)
         except (TimeoutError, OSError) as e:
             raise EslError(f"cannot connect to {host}:{port}: {e or 'timed out'}") from None
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            keep_alive(sock)
         conn = cls(reader, writer, on_event)
         try:
             await asyncio.wait_for(conn._authenticate(password), timeout)
@@ -236,6 +261,8 @@ class EslConnection:
                 # log/data and anything else: not ours
         except EslError as e:
             reason = str(e)
+        except OSError as e:  # ETIMEDOUT: keepalive found the peer gone
+            reason = f"the connection failed: {e.strerror or e}"
         except asyncio.CancelledError:
             reason = "closed by nfguard"
             raise
