@@ -238,6 +238,20 @@ def test_a_text_in_another_role_is_not_shared():
     assert r._owner_keys("fs1", b_.owner) and not r._owner_keys("fs1", a.owner)
 
 
+def test_a_schedule_compacted_during_a_bulk_insert_loses_no_row():
+    """A row stored one by one inside a first resync's bulk insert (a
+    non-ASCII user) may compact the schedule; the rows inserted after it
+    still expire."""
+    r = Registry(grace=0)
+    rows = [reg(str(i), ip=f"192.0.2.{i % 250}", expires=T0 + 100) for i in range(600)]
+    rows[300] = reg("\u00e9", ip="192.0.2.251", expires=T0 + 100)
+    r._scheduled = 10_000  # as after many refreshes: the next schedule compacts
+    r.resync("fs1", rows, T0)
+    assert len(r.bindings()) == 600
+    assert len(r.expire(T0 + 100).removed) == 600
+    assert r.rows() == []
+
+
 def test_too_long_credentials_are_reported_not_stored():
     r = Registry()
     long_user = "u" * 65

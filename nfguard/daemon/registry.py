@@ -453,7 +453,10 @@ class Registry:
         rows = sum(len(r) for r in self._rows.values())
         if self._scheduled <= 2 * rows + 1024:
             return
-        self._due, self._due_seconds, self._scheduled = {}, [], 0
+        # emptied in place: a bulk insert under way holds them
+        self._due.clear()
+        self._due_seconds.clear()
+        self._scheduled = 0
         for node_rows in self._rows.values():
             for key, reg in node_rows.items():
                 self._schedule(key, reg)
