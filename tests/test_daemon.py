@@ -449,7 +449,8 @@ def test_status_without_daemon_or_pins_says_so_and_creates_nothing(env):
 
 
 def test_restart_with_freeswitch_down_holds_the_bindings_for_the_degraded_grace(env):
-    env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1", expires_in=20)]
+    # 120 s: outlives a restart that compiles for 25 s under emulation
+    env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1", expires_in=120)]
     started(env, degraded_grace=600, expiry_grace=0)
     assert env.stop() == 0
     env.esl.call(env.esl.server.stop())  # FreeSWITCH is down as well
@@ -463,7 +464,7 @@ def test_restart_with_freeswitch_down_holds_the_bindings_for_the_degraded_grace(
         read = boottime_ns()
     finally:
         prog.close()
-    # held for the degraded grace from the restart on, not the 20 s left
+    # held for the degraded grace from the restart on, not the 120 s left
     # (1 s for the daemon's wall-clock to boot-clock conversion)
     assert restart + 599e9 <= b.expires_ns <= read + 600e9
     assert reaches(env, env.topo.phone, "held")
