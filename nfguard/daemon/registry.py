@@ -372,8 +372,7 @@ class Registry:
                                        realm if low_realm == realm else low_realm, reg.ip))
             until = reg.expires if up else self._row_expiry(node, reg)
             if b in holders:
-                if b not in touched:
-                    touched[b] = self._until(b)
+                self._touch(touched, b)
                 _index_add(holders, b, key)
             else:  # a binding of this row alone: settled here
                 holders[b] = key
