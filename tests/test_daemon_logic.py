@@ -305,3 +305,4 @@ def test_bpf_drift_reads_the_map_one_binding_at_a_time():
     assert BpfSink(prog).drift({a: 1.0, b_: 1.0}, 0) == {
         "bpf_missing": ["1002@r 192.0.2.2"], "bpf_extra": ["1003@r 192.0.2.3"]}
     assert prog.lookups == 2
+    assert BpfSink(Map({tuple(a), tuple(b_), tuple(c)})).survey({a: 1.0})[0] == 3

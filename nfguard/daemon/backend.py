@@ -101,19 +101,24 @@ class BpfSink:
         return {"added": len(bindings), "removed": removed}
 
     def drift(self, bindings: Mapping[Binding, float], now: float) -> dict:
-        """The map against `bindings`, read one binding at a time (100,000
-        read back as a list and two sets: ~60 MB). Every binding the map
-        holds that is wanted is a distinct one of `bindings`, so when they
-        are as many, none is missing; otherwise each is looked up."""
-        extra, matched = [], 0
+        return self.survey(bindings)[1]
+
+    def survey(self, bindings: Mapping[Binding, float]) -> tuple[int, dict]:
+        """How many bindings the map holds, and drift(): the map against
+        `bindings`, read one binding at a time, once (100,000 read back as
+        a list and two sets: ~60 MB). Every binding the map holds that is
+        wanted is a distinct one of `bindings`, so when they are as many,
+        none is missing; otherwise each is looked up."""
+        extra, matched, held = [], 0, 0
         for b in self.prog.iter_bindings():
+            held += 1
             if (b.user, b.realm, b.ip) in bindings:
                 matched += 1
             else:
                 extra.append(f"{b.user}@{b.realm} {b.ip}")
         missing = [] if matched == len(bindings) else [
             str(b) for b in bindings if not self.prog.holds(b.user, b.realm, b.ip)]
-        return {"bpf_missing": sorted(missing)[:50], "bpf_extra": sorted(extra)[:50]}
+        return held, {"bpf_missing": sorted(missing)[:50], "bpf_extra": sorted(extra)[:50]}
 
 
 class NftSink:
@@ -334,8 +339,10 @@ class KernelBackend:
     def status(self, cfg, bindings: dict[Binding, float], now: float) -> dict:
         from nfguard.daemon.status import kernel_status
 
-        st = kernel_status(self.prog, self.nft, cfg, elements=self.sinks[1].elements())
-        st["drift"].update(self.sinks[0].drift(bindings, now))
+        held, drift = self.sinks[0].survey(bindings)  # the map read once for both
+        st = kernel_status(self.prog, self.nft, cfg, elements=self.sinks[1].elements(),
+                           bpf_count=held)
+        st["drift"].update(drift)
         return st
 
     def check_binding(self, user: str, realm: str, ip: str) -> dict:

@@ -46,12 +46,14 @@ def interface_status(cfg) -> list[dict]:
     return out
 
 
-def kernel_status(prog, nft, cfg, elements: Mapping[str, Element] | None = None) -> dict:
+def kernel_status(prog, nft, cfg, elements: Mapping[str, Element] | None = None,
+                  bpf_count: int | None = None) -> dict:
     """Program config, interfaces, counters, binding counts, and the drift
     between what the nft sets should hold (`elements`: the daemon's; made
     from the bindings map when there is no daemon) and what they hold. The
     bindings are read one at a time, never listed whole (at 100,000 the
-    table's listing cost ~250 MB)."""
+    table's listing cost ~250 MB). bpf_count: the map's bindings, when the
+    caller has counted them already."""
     if elements is None:
         elements = elements_of(prog.iter_bindings())
     summary = nft.summary()
@@ -62,7 +64,8 @@ def kernel_status(prog, nft, cfg, elements: Mapping[str, Element] | None = None)
         "kernel": {**kcfg, "ports": prog.ports(), "trusted": prog.trusted()},
         "interfaces": interface_status(cfg),
         "counters": {k: v for k, v in prog.counters().items() if v},
-        "bindings": {"bpf": prog.binding_count(), "nft": (nft.held_count() or 0) if table else 0},
+        "bindings": {"bpf": prog.binding_count() if bpf_count is None else bpf_count,
+                     "nft": (nft.held_count() or 0) if table else 0},
         "nft": {"table": table, "rejected": summary["rejected"] if table else None,
                 "mark": summary["mark"]},
         "drift": {"nft": drift},
