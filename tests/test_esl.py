@@ -24,6 +24,7 @@ from nfguard.daemon.esl import (
     read_frame,
 )
 from nfguard.daemon.fsevents import (
+    AuthFailure,
     Registered,
     Unregistered,
     XmlstatusRegReader,
@@ -75,8 +76,8 @@ def stamp(frame: Frame) -> float:
     return int(event_headers(frame)["Event-Date-Timestamp"]) / 1e6
 
 
-def events_of(name: str, node="vm"):
-    """(now, registry event) for every binding-changing event of a capture."""
+def parsed_events(name: str, node="vm"):
+    """(now, event) for every event of a capture that parse_event() returns."""
     frames, _ = run(frames_of((REAL / name).read_bytes()))
     out = []
     for f in frames:
@@ -85,6 +86,13 @@ def events_of(name: str, node="vm"):
             if ev is not None:
                 out.append((stamp(f), ev))
     return out
+
+
+def events_of(name: str, node="vm"):
+    """(now, registry event) for every binding-changing event of a capture
+    (an AuthFailure is for the bans: follow() never gives it to the registry)."""
+    return [(now, ev) for now, ev in parsed_events(name, node)
+            if isinstance(ev, (Registered, Unregistered))]
 
 
 # -- framing -------------------------------------------------------------------
@@ -188,10 +196,52 @@ def test_socket_close_unregister_has_no_contact():
     assert ev.fired == 1787393940.077213  # its Event-Date-Timestamp
 
 
-@pytest.mark.parametrize("name", ["sofia_pre_register.txt", "sofia_register_attempt.txt",
-                                  "sofia_register_failure.txt"])
+@pytest.mark.parametrize("name", ["sofia_pre_register.txt", "sofia_register_attempt.txt"])
 def test_auth_events_never_change_bindings(name):
     assert parse_event(derived(name), "fs1", 0.0) is None
+
+
+def test_register_failure_is_an_auth_failure_not_a_registry_event():
+    ev = parse_event(derived("sofia_register_failure.txt"), "fs1", 0.0)
+    assert ev == AuthFailure("203.0.113.99", "1001", "198.51.100.10", "internal", "REGISTER",
+                             1787393820.412051)
+    assert ev.cred == "1001@198.51.100.10 (REGISTER)"
+    with pytest.raises(TypeError):
+        Registry().apply("fs1", ev, 0.0)  # follow() must route it elsewhere
+
+
+# The real captures: FreeSWITCH 1.10.12 fires sofia::register_failure for a
+# wrong password, an unknown user, and a failed INVITE authentication.
+@pytest.mark.parametrize("fmt", ["json", "plain"])
+@pytest.mark.parametrize("scenario, want", [
+    ("register_failure", AuthFailure("127.0.0.6", "1001", "127.0.0.1", "internal", "REGISTER")),
+    ("register_failure_unknown_user",
+     AuthFailure("127.0.0.6", "9999", "127.0.0.1", "internal", "REGISTER")),
+    # an INVITE's To is the callee: 9196, not the credential
+    ("invite_foreign_ip_wrong_password",
+     AuthFailure("127.0.0.9", "9196", "127.0.0.1", "internal", "INVITE")),
+])
+def test_register_failure_of_the_real_captures(fmt, scenario, want):
+    fails = [ev for _, ev in parsed_events(f"esl_{fmt}_{scenario}.bin")
+             if isinstance(ev, AuthFailure)]
+    assert len(fails) == 1
+    got = fails[0]
+    assert got.fired > 1.79e9  # its Event-Date-Timestamp, in seconds
+    assert got == AuthFailure(want.ip, want.user, want.realm, want.profile, want.method,
+                              got.fired)
+
+
+def test_register_failure_address_forms():
+    base = {"Event-Subclass": "sofia::register_failure", "to-user": "1001",
+            "to-host": "pbx", "profile-name": "internal", "registration-type": "INVITE"}
+    ev = parse_event(json_event(**base, **{"network-ip": "[2001:DB8::5]"}), "fs1", 0.0)
+    assert ev.ip == "2001:db8::5"
+    ev = parse_event(json_event(**base, **{"network-ip": "2001:db8::5"}), "fs1", 0.0)
+    assert ev.ip == "2001:db8::5"
+    with pytest.raises(ValueError, match="without network-ip"):
+        parse_event(json_event(**base), "fs1", 0.0)
+    with pytest.raises(ValueError, match="bad network-ip"):
+        parse_event(json_event(**base, **{"network-ip": "pbx.example"}), "fs1", 0.0)
 
 
 def json_event(**headers) -> Frame:
@@ -451,6 +501,23 @@ def test_runner_resyncs_then_follows_events():
             await h.until(lambda: "1002@127.0.0.1 127.0.0.4" not in h.bindings())
             # pre_register and register_attempt came too: read, not applied
             assert h.runner.events_applied == 2
+    run(main())
+
+
+def test_runner_hands_auth_failures_to_the_bans_never_to_the_registry():
+    async def main():
+        server = FakeEsl(table=rows(("1001", "192.0.2.1")))
+        failures = []
+        async with Harness(server, on_auth_failure=failures.append) as h:
+            await h.until(lambda: h.runner.state == "up")
+            before = len(h.diffs)
+            await server.push(*event_frames("esl_json_register_failure.bin"),
+                              *event_frames("esl_json_invite_foreign_ip_wrong_password.bin"))
+            await h.until(lambda: len(failures) == 2)
+            assert [(f.ip, f.method) for f in failures] == [("127.0.0.6", "REGISTER"),
+                                                            ("127.0.0.9", "INVITE")]
+            assert h.bindings() == {"1001@pbx 192.0.2.1"} and len(h.diffs) == before
+            assert h.runner.events_skipped == 0
     run(main())
 
 

@@ -9,7 +9,8 @@ import sys
 from nfguard import __version__
 from nfguard.errors import NfguardError
 
-# subcommand -> module with add_arguments(parser) and run(args) -> int
+# subcommand -> module (or "module:Class") with add_arguments(parser) and
+# run(args) -> int
 SUBCOMMANDS = {
     "replay": ("nfguard.cli.replay", "run every packet of a pcap through the kernel program"),
     "bench": ("nfguard.bench.xdp", "measure the XDP program with BPF_PROG_TEST_RUN"),
@@ -18,6 +19,9 @@ SUBCOMMANDS = {
     "run": ("nfguard.cli.run", "the daemon: follow FreeSWITCH, keep the kernel and nft in step"),
     "status": ("nfguard.cli.status", "daemon, ESL endpoints, kernel program, nft table, drift"),
     "bindings": ("nfguard.cli.bindings", "every user@realm and where it is bound"),
+    "bans": ("nfguard.cli.bans:List", "the addresses banned now, for how long and why"),
+    "ban": ("nfguard.cli.bans:Ban", "ban an address (IPv6: its prefix) from the guarded ports"),
+    "unban": ("nfguard.cli.bans:Unban", "lift the ban of an address"),
     "check": ("nfguard.cli.check", "what the kernel would do with USER@REALM's INVITE from IP"),
     "events": ("nfguard.cli.events", "follow the kernel's verdict events"),
     "uninstall": ("nfguard.cli.uninstall", "detach, delete the nft table and the pinned maps"),
@@ -34,6 +38,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"nfguard: error: {message} (see '{self.prog} --help')\n")
 
 
+def _command(spec: str):
+    modname, _, attr = spec.partition(":")
+    module = importlib.import_module(modname)
+    return getattr(module, attr) if attr else module
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="nfguard",
@@ -44,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (modname, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(modname).add_arguments(p)
+        _command(modname).add_arguments(p)
         p.set_defaults(_module=modname)
     return parser
 
@@ -56,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return importlib.import_module(args._module).run(args)
+        return _command(args._module).run(args)
     except NfguardError as e:
         print(f"nfguard: error: {e}", file=sys.stderr)
         return 1

@@ -92,6 +92,18 @@ def show(st: dict) -> None:
     fs = st.get("freeswitch_drift")
     if fs is not None:
         print("drift FS    " + freeswitch_drift_line(fs))
+    bans = st.get("bans")
+    if bans is not None:
+        line = f"{bans['active']} active ({bans.get('manual', 0)} manual)"
+        if "auth_failures" in bans:
+            line += (f"; {bans['auth_failures']} authentication failures, {bans['bans']} "
+                     f"bans, {bans['spared']} spared since start"
+                     + ("" if bans["enabled"] else "; automatic bans disabled (bans.enabled)"))
+        flood = [f"{r} {st['counters'][r]}" for r in ("banned", "rate_limited")
+                 if st["counters"].get(r)]
+        if flood:
+            line += "; packets " + ", ".join(flood)
+        print(f"bans        {line} (nfguard bans)")
     if st["nft"].get("rejected"):
         print(f"rejected    {st['nft']['rejected']['packets']} packets (nft reject rule)")
     if st["counters"]:

@@ -9,9 +9,11 @@ the backends of crowdsec's firewall bouncer:
 - `sync(bindings, now)`: make the sink hold exactly these bindings;
 - `drift(bindings, now)`: what differs between the sink and these bindings.
 
-`KernelBackend` is the real one: the classifier's bindings map (`BpfSink`)
-and the nft sets (`NftSink`), the program's mode, the interfaces and the
-kernel's verdict events. `RecordingBackend` keeps everything in memory and
+`KernelBackend` is the real one: the classifier's bindings map (`BpfSink`),
+the nft sets (`NftSink`) and the kernel's map of bound addresses
+(`BoundSink`, fed from the nft sink's per-address table), the bans (the
+pinned `bans` map, mirrored in nft sets), the program's mode, the
+interfaces and the kernel's verdict events. `RecordingBackend` keeps everything in memory and
 records what it was asked to do, so the daemon's logic (first sync, restart
 hold, alerts, reload, degraded grace, upgrades) is tested without root.
 """
@@ -25,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from nfguard.daemon.bans import BanEntry
 from nfguard.daemon.nftstate import Element, NftState, element_comment
 from nfguard.daemon.registry import Binding, Diff
 
@@ -40,6 +43,21 @@ def boot_ns_of(expires: float, now: float, boot_now_ns: int) -> int:
 
 def boottime_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def epoch_of(expires_ns: int, now: float, boot_now_ns: int) -> float:
+    """A CLOCK_BOOTTIME ns expiry as epoch seconds (inf: NO_EXPIRY)."""
+    if expires_ns >= (1 << 64) - 1:
+        return math.inf
+    return now + (expires_ns - boot_now_ns) / 1e9
+
+
+def ban_timeout(entry: BanEntry, now: float) -> int | None:
+    """The nft element's timeout of a ban: whole seconds, rounded up (the
+    element never goes before the ban), None for a ban until lifted."""
+    if math.isinf(entry.expires):
+        return None
+    return max(1, math.ceil(entry.expires - now))
 
 
 class Sink(Protocol):
@@ -194,6 +212,60 @@ class NftSink:
         return {"nft": self.nft.drift(self.elements(), now)}
 
 
+class BoundSink:
+    """The kernel's `bound` map: each address holding a binding, with the
+    latest expiry there (the program never rate limits those). It is fed
+    from the NftSink's per-address table, which the NftSink has updated
+    first (its place before this one in `sinks`): no second table of
+    100,000 addresses."""
+
+    name = "bound"
+
+    def __init__(self, prog, by_ip: NftSink):
+        self.prog = prog
+        self.nft_sink = by_ip
+
+    def _latest(self, ip: str) -> float | None:
+        t = self.nft_sink._by_ip.get(ip)
+        return max(t[1::2]) if t else None
+
+    def apply(self, diff: Diff, now: float) -> None:
+        boot = boottime_ns()
+        touched = dict.fromkeys(b.ip for b in diff.added)
+        touched.update(dict.fromkeys(b.ip for b in diff.removed))
+        gone = [ip for ip in touched if self._latest(ip) is None]
+        self.prog.update_bound(
+            add=((ip, boot_ns_of(exp, now, boot)) for ip in touched
+                 if (exp := self._latest(ip)) is not None),
+            remove=gone)
+
+    def sync(self, bindings: dict[Binding, float], now: float) -> dict:
+        boot = boottime_ns()
+        by_ip = self.nft_sink._by_ip
+        removed = self.prog.update_bound(
+            add=((ip, boot_ns_of(max(t[1::2]), now, boot)) for ip, t in by_ip.items()),
+            prune=True)
+        return {"added": len(by_ip), "removed": removed}
+
+    def drift(self, bindings: Mapping[Binding, float], now: float) -> dict:
+        return self.survey()[1]
+
+    def survey(self) -> tuple[int, dict]:
+        """How many addresses the map holds, and what differs from the
+        addresses the bindings are at, read once."""
+        by_ip = self.nft_sink._by_ip
+        extra, held, matched = [], 0, 0
+        for ip, _ in self.prog.iter_bound():
+            held += 1
+            if ip in by_ip:
+                matched += 1
+            else:
+                extra.append(ip)
+        missing = [] if matched == len(by_ip) else sorted(set(by_ip) - {
+            ip for ip, _ in self.prog.iter_bound()})
+        return held, {"bound_missing": missing[:50], "bound_extra": sorted(extra)[:50]}
+
+
 class _Elements(Mapping):
     """The elements of some addresses of an NftSink, each made when it is
     read: a first sync never holds 100,000 Elements (~24 MB) at once."""
@@ -227,7 +299,11 @@ class KernelBackend:
         self.attached: dict[tuple[str, str | None], str] = {}  # (ifname, netns) -> XDP mode
         self._checker = None
         if prog is not None and nft is not None:
-            self.sinks = [BpfSink(prog), NftSink(nft)]
+            self.sinks = self._sinks()
+
+    def _sinks(self) -> list:
+        nft_sink = NftSink(self.nft)
+        return [BpfSink(self.prog), nft_sink, BoundSink(self.prog, nft_sink)]
 
     # -- start-up: check everything, then change things ------------------------
     def check(self, cfg) -> None:
@@ -253,7 +329,7 @@ class KernelBackend:
                         "enforcing with them until the first full sync has filled the new "
                         "maps", cfg.pin_dir, cfg.pin_dir)
         self.nft = NftState(cfg.reject_mark)
-        self.sinks = [BpfSink(self.prog), NftSink(self.nft)]
+        self.sinks = self._sinks()
         return Loaded(fresh=self.prog.fresh, mode=self.prog.config()["mode"],
                       migrating=self.prog.migrating)
 
@@ -264,7 +340,8 @@ class KernelBackend:
         prog = self.prog
         prog.configure(mode=mode, action=cfg.action, methods=cfg.methods,
                        fragments=cfg.fragments, reject_mark=cfg.reject_mark,
-                       events_per_sec=cfg.events_per_sec)
+                       events_per_sec=cfg.events_per_sec, ipv6_prefix=cfg.bans.ipv6_prefix,
+                       rate_limits=cfg.rate_limits)
         prog.set_ports(cfg.ports)
         have, want = set(prog.trusted()), set(cfg.trusted)
         for cidr in want - have:
@@ -326,6 +403,41 @@ class KernelBackend:
             pins.remove_retired(pin_dir)
             log.info("the older build's maps are unpinned: this build enforces alone")
 
+    # -- bans: the kernel's map is the truth, the nft sets mirror it ------------
+    def bans(self) -> list[BanEntry]:
+        """Every entry of the kernel's bans map (expired ones too, which
+        remember a repeat offender), with the nft element's comment."""
+        now, boot = time.time(), boottime_ns()
+        comments = self.nft.bans() if self.nft is not None else {}
+        return [BanEntry(b.key, epoch_of(b.expires_ns, now, boot), b.offenses, b.manual,
+                         comments.get(b.key, {}).get("comment", ""))
+                for b in self.prog.iter_bans()]
+
+    def ban(self, entry: BanEntry, now: float) -> None:
+        """Ban entry.key in the kernel until entry.expires, and mirror it."""
+        from nfguard.kernel.program import NO_EXPIRY
+
+        expires_ns = (NO_EXPIRY if math.isinf(entry.expires)
+                      else boot_ns_of(entry.expires, now, boottime_ns()))
+        self.prog.set_ban(entry.key, expires_ns, entry.offenses, entry.manual)
+        self.nft.set_ban(entry.key, ban_timeout(entry, now), entry.reason)
+
+    def unban(self, key: str) -> bool:
+        """Lift a ban in the kernel and nft; False: the kernel had none."""
+        had = self.prog.lift_ban(key)
+        self.nft.remove_ban(key)
+        return had
+
+    def forget_ban(self, key: str) -> None:
+        """Remove an expired entry from the kernel (its nft element has
+        timed out with it)."""
+        self.prog.lift_ban(key)
+
+    def sync_bans(self, entries: list[BanEntry], now: float) -> dict:
+        """Make the nft ban sets hold exactly the active entries."""
+        return self.nft.sync_bans({e.key: (ban_timeout(e, now), e.reason)
+                                   for e in entries if e.active(now)})
+
     # -- events, status, check -------------------------------------------------
     def open_events(self, callback: Callable) -> None:
         self.prog.open_events(callback)
@@ -343,6 +455,9 @@ class KernelBackend:
         st = kernel_status(self.prog, self.nft, cfg, elements=self.sinks[1].elements(),
                            bpf_count=held)
         st["drift"].update(drift)
+        bound, bound_drift = self.sinks[2].survey()
+        st["bindings"]["bound_addresses"] = bound
+        st["drift"].update(bound_drift)
         return st
 
     def check_binding(self, user: str, realm: str, ip: str) -> dict:
@@ -403,7 +518,10 @@ class RecordingBackend:
     attached interfaces, verdict events injected with emit()."""
 
     def __init__(self, pinned: dict[Binding, float] | None = None, mode: str = "monitor",
-                 migrating: bool = False):
+                 migrating: bool = False, bans: dict[str, BanEntry] | None = None):
+        """bans: the pinned bans map (key -> entry); pass the same dict to the
+        next backend for a restart."""
+        self.ban_map = {} if bans is None else bans
         self.sink = RecordingSink(held=dict(pinned or {}))
         self.sinks = [self.sink]
         self.fresh = pinned is None
@@ -454,6 +572,28 @@ class RecordingBackend:
     def settle(self, pin_dir: str) -> None:
         self.log.append(("settle",))
         self.migrating = False
+
+    def bans(self) -> list[BanEntry]:
+        return [BanEntry(e.key, e.expires, e.offenses, e.manual, e.reason)
+                for e in self.ban_map.values()]
+
+    def ban(self, entry: BanEntry, now: float) -> None:
+        self.ban_map[entry.key] = BanEntry(entry.key, entry.expires, entry.offenses,
+                                           entry.manual, entry.reason)
+        self.log.append(("ban", entry.key, entry.expires - now, entry.offenses, entry.manual))
+
+    def unban(self, key: str) -> bool:
+        self.log.append(("unban", key))
+        return self.ban_map.pop(key, None) is not None
+
+    def forget_ban(self, key: str) -> None:
+        self.log.append(("forget_ban", key))
+        self.ban_map.pop(key, None)
+
+    def sync_bans(self, entries: list[BanEntry], now: float) -> dict:
+        active = sorted(e.key for e in entries if e.active(now))
+        self.log.append(("sync_bans", tuple(active)))
+        return {"set": len(active), "removed": 0}
 
     def open_events(self, callback: Callable) -> None:
         self._callback = callback

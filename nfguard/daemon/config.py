@@ -17,11 +17,12 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import yaml
 
 from nfguard import consts, defaults, policy
+from nfguard.daemon.bans import BanPolicy, parse_duration
 from nfguard.daemon.esl import Endpoint
 from nfguard.errors import NfguardError
 from nfguard.policy import show as _show
@@ -72,12 +73,22 @@ class Config:
     on_stop: str = "keep"
     pin_dir: str = defaults.PIN_DIR
     socket: str = defaults.SOCKET
+    bans: BanPolicy = field(default_factory=BanPolicy)
+    # {class: (requests a second, burst)}, every class (policy.rate_limits)
+    rate_limits: dict = field(default_factory=lambda: dict(policy.DEFAULT_RATE_LIMITS))
 
 
 TOP_KEYS = ("interfaces", "esl", "ports", "methods", "mode", "action", "trusted", "fragments",
             "resync_interval", "expiry_grace", "degraded_grace", "first_sync_timeout",
             "alert_interval",
-            "events_per_sec", "reject_mark", "metrics", "on_stop", "pin_dir", "socket")
+            "events_per_sec", "reject_mark", "metrics", "on_stop", "pin_dir", "socket",
+            "bans", "rate_limits")
+BANS_KEYS = ("enabled", "failures", "window", "ban_time", "increment", "max_ban_time",
+             "ipv6_prefix")
+RATE_CLASS_KEYS = tuple(consts.RATE_CLASSES)
+RATE_KEYS = ("rate", "burst")
+FAILURES_MAX = 1_000_000
+INCREMENT_MAX = 1000.0
 INTERFACE_KEYS = ("name", "xdp_mode", "netns")
 ESL_KEYS = ("name", "host", "port", "password", "password_file")
 METRICS_KEYS = ("listen",)
@@ -171,6 +182,10 @@ def parse_config(data, source: str = "config") -> Config:
         kw["pin_dir"] = c.pin_dir(top["pin_dir"])
     if "socket" in top:
         kw["socket"] = c.socket(top["socket"])
+    if "bans" in top:
+        kw["bans"] = c.bans(top["bans"])
+    if "rate_limits" in top:
+        kw["rate_limits"] = c.rate_limits(top["rate_limits"])
     return Config(**kw)
 
 
@@ -251,6 +266,16 @@ class _Checker:
             self.fail(path, f"must be a number of seconds {rng}, not {_show(value)}")
         return float(value)
 
+    def duration(self, path, value, positive: bool = True) -> float:
+        """Seconds, or a duration such as '10m', '1h', '7d' (bans.parse_duration)."""
+        try:
+            seconds = parse_duration(value)
+        except ValueError as e:
+            self.fail(path, str(e))
+        if positive and seconds <= 0:
+            self.fail(path, f"must be more than 0 seconds, not {_show(value)}")
+        return seconds
+
     def choice(self, path, value, choices) -> str:
         try:
             return policy.choice(path, value, choices)  # the policy's wording
@@ -297,6 +322,49 @@ class _Checker:
         if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
             self.fail(path, f"the port must be a whole number from 1 to 65535, not {port!r}")
         return text
+
+    # -- bans and rate limits
+    def bans(self, value) -> BanPolicy:
+        items = self.mapping("bans", value, BANS_KEYS,
+                             "such as {failures: 5, window: 10m, ban_time: 10m}")
+        kw = {}
+        if "enabled" in items:
+            if not isinstance(items["enabled"], bool):
+                self.fail("bans.enabled", f"must be true or false, not {_show(items['enabled'])}")
+            kw["enabled"] = items["enabled"]
+        if "failures" in items:
+            kw["failures"] = self.whole("bans.failures", items["failures"], 1, FAILURES_MAX)
+        for key in ("window", "ban_time", "max_ban_time"):
+            if key in items:
+                kw[key] = self.duration(f"bans.{key}", items[key])
+        if "increment" in items:
+            inc = items["increment"]
+            if isinstance(inc, bool) or not isinstance(inc, (int, float)) or \
+                    not 1 <= inc <= INCREMENT_MAX:
+                self.fail("bans.increment", f"must be a number from 1 (every ban as long) to "
+                          f"{INCREMENT_MAX:.0f}, not {_show(inc)}")
+            kw["increment"] = float(inc)
+        if "ipv6_prefix" in items:
+            try:
+                kw["ipv6_prefix"] = policy.ipv6_prefix(items["ipv6_prefix"])
+            except policy.PolicyError as e:
+                self.fail("bans.ipv6_prefix", e.problem)
+        out = BanPolicy(**kw)
+        if out.max_ban_time < out.ban_time:
+            self.fail("bans.max_ban_time", f"({out.max_ban_time:g} s) must not be shorter than "
+                      f"bans.ban_time ({out.ban_time:g} s)")
+        return out
+
+    def rate_limits(self, value) -> dict:
+        items = self.mapping("rate_limits", value, RATE_CLASS_KEYS,
+                             "such as {invite: {rate: 5, burst: 20}}")
+        for cls, limit in items.items():
+            self.mapping(f"rate_limits.{cls}", limit, RATE_KEYS,
+                         "such as {rate: 5, burst: 20} (rate 0: unlimited)")
+            for key in RATE_KEYS:
+                if key not in limit:
+                    self.fail(f"rate_limits.{cls}.{key}", "is required")
+        return self.apply(policy.rate_limits, items)
 
     # -- lists (the policy values: nfguard.policy checks them)
     def ports(self, value) -> tuple[int, ...]:

@@ -20,6 +20,12 @@ own maps, while this build fills fresh maps from FreeSWITCH; at the first
 full sync this build's program replaces it on every interface, so there is
 no moment without enforcement.
 
+Bans (bans.py): FreeSWITCH's failed authentications (sofia::register_failure)
+are counted per address; one that crosses the threshold is banned in the
+kernel's pinned `bans` map and mirrored in nft sets, with one ALERT line.
+The map is the truth: a restart reads it back (offense counts included)
+and makes the nft sets equal to its active bans.
+
 Everything the daemon changes outside itself goes through a backend
 (backend.py): the kernel, or an in-memory recording for tests.
 
@@ -42,6 +48,7 @@ from dataclasses import asdict
 from nfguard import __version__
 from nfguard.daemon import control
 from nfguard.daemon.backend import KernelBackend, Loaded
+from nfguard.daemon.bans import BanEntry, Banned, Bans, Spared, format_duration, holders
 from nfguard.daemon.config import Config, ConfigError, load_config
 from nfguard.daemon.esl import Backoff, EndpointRunner
 from nfguard.daemon.fsevents import follow
@@ -76,6 +83,7 @@ class Daemon:
         self.notifier = Notifier()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self.bans = Bans(cfg.bans, cfg.trusted)
         # what start_kernel() found; a backend set up by its caller (bench
         # sync) counts as fresh
         self._loaded = Loaded(fresh=True, mode="monitor")
@@ -89,6 +97,7 @@ class Daemon:
         if not loaded.fresh:
             self._hold_pinned_bindings()
         backend.install(self.cfg)
+        self._load_bans()
         if loaded.migrating:
             log.info("nfguard %s: attaching once the first full sync has filled the new maps",
                      __version__)
@@ -112,6 +121,20 @@ class Daemon:
             log.info("restart: %d pinned bindings held for %.0f s until the first full sync",
                      len(held), hold)
 
+    def _load_bans(self) -> None:
+        """The kernel's ban map is the truth (pinned: it outlives the
+        daemon): read it back, offense counts and all, and make the nft
+        ban sets hold exactly its active bans."""
+        now = time.time()
+        entries = self.backend.bans()
+        self.bans.load(entries, now)
+        self.backend.sync_bans(entries, now)
+        active = self.bans.active(now)
+        if active:
+            log.info("%d active ban(s) kept from the pinned map: %s", len(active),
+                     ", ".join(f"{e.key} ({format_duration(e.remaining(now))} left)"
+                               for e in active[:10]) + (" ..." if len(active) > 10 else ""))
+
     def _configure_kernel(self) -> None:
         cfg, loaded = self.cfg, self._loaded
         if self.synced or cfg.mode == "monitor":
@@ -125,6 +148,7 @@ class Daemon:
     # -- following FreeSWITCH ----------------------------------------------
     def follow(self, endpoint) -> None:
         runner = follow(endpoint, self.registry, on_change=self._on_change,
+                        on_auth_failure=self._on_auth_failure,
                         backoff=Backoff(), resync_interval=self.cfg.resync_interval)
         task = asyncio.get_running_loop().create_task(runner.run(), name=f"esl {endpoint.name}")
         self.runners[endpoint.name] = (runner, task)
@@ -205,6 +229,117 @@ class Daemon:
                  ", ".join(f"{name} {c}" for name, c in counts.items()), self.cfg.mode)
         self.notifier.status(self._status_line())
 
+    # -- bans ----------------------------------------------------------------
+    def _on_auth_failure(self, fail) -> None:
+        """One failed authentication (fsevents.AuthFailure). Before the
+        first full sync it is only counted: the bindings that spare a NAT
+        shared with a phone are not all known yet."""
+        self.stats["auth_failures"] += 1
+        if not self.cfg.bans.enabled:
+            return
+        now = time.time()
+        decision = self.bans.failure(fail.ip, fail.cred, now, self._bound_at,
+                                     may_ban=self.synced)
+        if isinstance(decision, Spared):
+            log.warning("not banning %s: %d authentication failures in %s (last: %s), but "
+                        "it is %s", decision.ip, decision.failures,
+                        format_duration(self.cfg.bans.window), fail.cred, decision.why)
+        elif isinstance(decision, Banned):
+            self._carry_out(decision.entry, now, (
+                f"{decision.failures} authentication failures in "
+                f"{format_duration(self.cfg.bans.window)} (last: {decision.last} from "
+                f"{decision.ip})"))
+
+    def _bound_at(self, key: str) -> list[str]:
+        """user@realm of the bindings at the addresses a ban key covers."""
+        return holders(key, self.registry.view(), self.cfg.bans.ipv6_prefix)
+
+    def _carry_out(self, entry: BanEntry, now: float, why: str) -> None:
+        """A ban decided: into the kernel and nft, then its one ALERT line.
+        If the kernel refuses, the decision is undone (the map is the truth)."""
+        try:
+            self.backend.ban(entry, now)
+        except Exception as e:  # noqa: BLE001 - logged; the next threshold tries again
+            self.bans.entries.pop(entry.key, None)
+            self.stats["ban_errors"] += 1
+            log.error("banning %s failed: %s", entry.key, e)
+            return
+        self.stats["manual_bans" if entry.manual else "bans"] += 1
+        monitor = " (monitor mode: counted, not dropped)" if self.backend.mode() == "monitor" \
+            else ""
+        log.warning("ALERT: banned %s for %s: %s [offense %d]%s", entry.key,
+                    format_duration(entry.expires - now), why, entry.offenses, monitor)
+
+    def _expire_bans(self, now: float) -> None:
+        t = self.bans.tick(now)
+        for e in t.lifted:
+            log.info("ban of %s lifted: it expired [offense %d%s]", e.key, e.offenses,
+                     ", manual" if e.manual else "")
+        for e in t.forgotten:
+            try:
+                self.backend.forget_ban(e.key)
+            except Exception as err:  # noqa: BLE001 - the next start forgets it
+                log.error("removing the expired ban entry of %s failed: %s", e.key, err)
+
+    def _ban_target(self, address) -> str:
+        if not isinstance(address, str) or not address:
+            raise NfguardError("give an IPv4 or IPv6 address")
+        try:
+            return self.bans.key(address)
+        except ValueError as e:
+            raise NfguardError(str(e)) from None
+
+    def manual_ban(self, address, seconds=None) -> dict:
+        """`nfguard ban`: refused in a trusted network; allowed, with a
+        warning, where a phone is bound."""
+        from nfguard.daemon.bans import trusted_network
+
+        key = self._ban_target(address)
+        net = trusted_network(address.partition("/")[0], self.bans.trusted)
+        if net is not None:
+            raise NfguardError(f"{address} is in the trusted network {net}: nfguard never bans "
+                               "it (remove it from trusted first)")
+        if seconds is None:
+            seconds = self.cfg.bans.ban_time
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+            raise NfguardError(f"a ban lasts more than 0 seconds, not {seconds!r}")
+        bound = self._bound_at(key)
+        warning = (f"{key} holds the binding of {', '.join(bound[:5])}: that phone is cut "
+                   "off too" if bound else "")
+        now = time.time()
+        old = self.bans.entries.get(key)
+        entry = self.bans.ban(key, float(seconds), now)
+        try:
+            self.backend.ban(entry, now)
+        except Exception:
+            if old is None:
+                self.bans.entries.pop(key, None)
+            else:
+                self.bans.entries[key] = old
+            raise
+        self.stats["manual_bans"] += 1
+        log.warning("ALERT: banned %s for %s by an operator (nfguard ban)%s [offense %d]",
+                    key, format_duration(seconds), f"; {warning}" if warning else "",
+                    entry.offenses)
+        return {"key": key, "expires": entry.expires, "seconds": float(seconds),
+                "warning": warning}
+
+    def manual_unban(self, address) -> dict:
+        key = self._ban_target(address)
+        entry = self.bans.unban(key)
+        had = self.backend.unban(key)
+        lifted = had or entry is not None
+        if lifted:
+            log.warning("ban of %s lifted by an operator (nfguard unban)", key)
+        return {"key": key, "lifted": lifted}
+
+    def ban_rows(self) -> list[dict]:
+        now = time.time()
+        return [{"key": e.key, "expires": None if e.expires == float("inf") else e.expires,
+                 "remaining_s": round(e.remaining(now), 1), "offenses": e.offenses,
+                 "manual": e.manual, "reason": e.reason}
+                for e in self.bans.active(now)]
+
     # -- kernel verdict events -----------------------------------------------
     def _on_kernel_event(self, ev) -> None:
         now = time.time()
@@ -235,6 +370,7 @@ class Daemon:
                 self._on_change(diff)
             elif not self.synced:
                 self._wake.set()  # an empty first resync gives no diff to wake on
+            self._expire_bans(now)
             try:
                 self.backend.poll_events()
             except Exception as e:  # noqa: BLE001
@@ -270,6 +406,8 @@ class Daemon:
         old, self.cfg = self.cfg, new
         self.registry.grace = new.expiry_grace
         self.registry.degraded_grace = new.degraded_grace
+        self.bans.policy = new.bans
+        self.bans.set_trusted(new.trusted)
         self._configure_kernel()
         self.backend.install(new)
         if not self._loaded.migrating:
@@ -305,6 +443,12 @@ class Daemon:
             return {"ok": True, **verdict}
         if cmd == "reload":
             return {"ok": True, **await self.reload()}
+        if cmd == "bans":
+            return {"ok": True, "bans": self.ban_rows()}
+        if cmd == "ban":
+            return {"ok": True, **self.manual_ban(req.get("address"), req.get("seconds"))}
+        if cmd == "unban":
+            return {"ok": True, **self.manual_unban(req.get("address"))}
         if cmd == "events":
             await self._stream_events(writer)
             return None
@@ -337,6 +481,7 @@ class Daemon:
         registry = self.registry.view()
         st = self.backend.status(self.cfg, registry, now)
         st["bindings"]["registry"] = len(registry)
+        st["bans"] = {**st.get("bans", {}), **self.ban_summary(now)}
         st.update({
             "daemon": "up", "pid": os.getpid(), "version": __version__,
             "config": self.config_path, "uptime_s": round(now - self.started, 1),
@@ -360,6 +505,17 @@ class Daemon:
         # beside "drift" (nfguard's own copies): FreeSWITCH against its events
         st["freeswitch_drift"] = self._freeswitch_drift()
         return st
+
+    def ban_summary(self, now: float) -> dict:
+        """The daemon's side of the bans: what it holds and has counted."""
+        active = self.bans.active(now)
+        c = self.bans.counts
+        return {"active": len(active), "manual": sum(e.manual for e in active),
+                "remembered": len(self.bans.entries) - len(active),
+                "tracked": self.bans.tracked(), "enabled": self.cfg.bans.enabled,
+                "auth_failures": self.stats["auth_failures"], "bans": self.stats["bans"],
+                "manual_bans": self.stats["manual_bans"], "spared": c["spared"],
+                "lifted": c["lifted"]}
 
     def _freeswitch_drift(self) -> dict:
         """What resyncs found that the event stream had missed, over every

@@ -44,8 +44,10 @@ BODY_PIECE = 1 << 16  # a streamed body (api_into) is fed this many bytes at a t
 MAX_HEADER_LINE = 64 << 10
 
 # What nfguard follows (JSON keeps values raw: the plain format's URL
-# encoding mangles NAT contacts).
-SUBSCRIBE = "event json CUSTOM sofia::register sofia::unregister sofia::expire"
+# encoding mangles NAT contacts): registrations, and failed
+# authentications for the bans.
+SUBSCRIBE = ("event json CUSTOM sofia::register sofia::unregister sofia::expire "
+             "sofia::register_failure")
 
 EVENT_TYPES = ("text/event-json", "text/event-plain")
 

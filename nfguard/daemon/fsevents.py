@@ -14,8 +14,15 @@ captures in tests/fixtures/freeswitch-real/ and explained in their README):
   no address.
 - `sofia::expire`: `expires` is an absolute epoch time; user names are
   `user`/`username` and `host`/`realm`.
-- `pre_register`, `register_attempt`, `register_failure` also fire for
-  INVITE challenges and never change bindings: they are ignored.
+- `sofia::register_failure`: a failed authentication (wrong password or
+  unknown user), of a REGISTER or of an INVITE (`registration-type`).
+  `network-ip` is the source; `to-user`/`to-host` are the request's To URI
+  (for an INVITE the callee, not the credential): there is no `username`
+  or `realm`. It never changes bindings: parse_event() returns an
+  AuthFailure, which follow() hands to the bans (bans.py), never to the
+  registry.
+- `pre_register` and `register_attempt` also fire for INVITE challenges
+  and never change bindings: they are ignored (and not subscribed to).
 
 A row of FreeSWITCH's sip_registrations table belongs to its owner, the
 user and host of the REGISTER's To (`sip_user`, `sip_host`; `from-user` and
@@ -134,6 +141,24 @@ class Unregistered:
 
 
 @dataclass(frozen=True)
+class AuthFailure:
+    """A failed authentication (sofia::register_failure): for the bans,
+    never for the registry."""
+    ip: str  # network-ip, normalized
+    user: str  # to-user: the To URI's user (for an INVITE, the callee)
+    realm: str  # to-host
+    profile: str
+    method: str  # registration-type: REGISTER or INVITE ("" when absent)
+    fired: float = 0.0  # Event-Date-Timestamp in seconds, 0 unknown
+
+    @property
+    def cred(self) -> str:
+        """What a log line names: "1001@pbx.example (REGISTER)"."""
+        text = f"{self.user or '?'}@{self.realm or '?'}"
+        return f"{text} ({self.method})" if self.method else text
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """A full registration table of one node."""
     registrations: list[Registration]
@@ -211,10 +236,11 @@ def _seconds(text: str, what: str) -> float:
     return value
 
 
-def parse_event(frame: Frame, node: str, now: float,
-                late_margin: float = DEFAULT_LATE_MARGIN) -> Registered | Unregistered | None:
-    """A registry event from an ESL event frame; None for events that do
-    not change bindings. ValueError (with the reason) for a malformed one."""
+def parse_event(frame: Frame, node: str, now: float, late_margin: float = DEFAULT_LATE_MARGIN
+                ) -> Registered | Unregistered | AuthFailure | None:
+    """A registry event from an ESL event frame, or an AuthFailure (for the
+    bans); None for events that concern neither. ValueError (with the
+    reason) for a malformed one."""
     h = event_headers(frame)
     subclass = h.get("Event-Subclass", "")
     fired = _fired(h.get("Event-Date-Timestamp", ""))
@@ -245,6 +271,12 @@ def parse_event(frame: Frame, node: str, now: float,
         return Unregistered(profile, call_id, contact, user, realm, "expire",
                             h.get("user", ""), h.get("host", ""),
                             _ip_or_empty(h.get("network-ip", "")), fired)
+    if subclass == "sofia::register_failure":
+        (ip,) = _required(h, "network-ip")
+        # to-user/to-host in 1.10.12; username/realm should a version add them
+        return AuthFailure(normalize_ip(ip), h.get("to-user") or h.get("username", ""),
+                           h.get("to-host") or h.get("realm", ""), h.get("profile-name", ""),
+                           h.get("registration-type", ""), fired)
     return None
 
 
@@ -462,18 +494,30 @@ async def read_owner(conn, node: str, owner: tuple[str, str, str],
     return [r for r in regs if r.owner == owner]
 
 
-def follow(endpoint, sink, *, late_margin: float = DEFAULT_LATE_MARGIN, **kwargs):
+def follow(endpoint, sink, *, late_margin: float = DEFAULT_LATE_MARGIN,
+           on_auth_failure=None, **kwargs):
     """An esl.EndpointRunner that keeps `sink` (the registry) in step with
     the endpoint's registrations: snapshots from sofia xmlstatus, events
-    parsed here, and one owner's rows re-read where an event is not enough."""
+    parsed here, and one owner's rows re-read where an event is not enough.
+    Failed authentications go to on_auth_failure(AuthFailure), never to
+    the registry."""
     import time
 
     from nfguard.daemon.esl import EndpointRunner
 
     clock = kwargs.setdefault("clock", time.time)
+
+    def parse(frame: Frame):
+        event = parse_event(frame, endpoint.name, clock(), late_margin)
+        if isinstance(event, AuthFailure):
+            if on_auth_failure is not None:
+                on_auth_failure(event)
+            return None
+        return event
+
     return EndpointRunner(
         endpoint, sink,
         snapshot=lambda conn: read_snapshot(conn, endpoint.name, clock),
-        parse=lambda frame: parse_event(frame, endpoint.name, clock(), late_margin),
+        parse=parse,
         reread=lambda conn, owner: read_owner(conn, endpoint.name, owner, clock),
         **kwargs)

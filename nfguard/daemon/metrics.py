@@ -6,6 +6,7 @@ dozen numbers below; Debian 12 packages it, but not for nfguard's sake."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 
 def _host_port(listen: str) -> tuple[str, int]:
@@ -34,6 +35,24 @@ def render(daemon) -> str:
         "# HELP nfguard_synced The first full sync is done (1) or not (0).",
         "# TYPE nfguard_synced gauge",
         f"nfguard_synced {1 if daemon.synced else 0}",
+    ]
+    bans = daemon.ban_summary(time.time())
+    lines += [
+        "# HELP nfguard_bans_active Addresses (IPv6: prefixes) banned now.",
+        "# TYPE nfguard_bans_active gauge",
+        f"nfguard_bans_active {bans['active']}",
+        "# HELP nfguard_bans_total Bans since the daemon started, by kind.",
+        "# TYPE nfguard_bans_total counter",
+        f'nfguard_bans_total{{kind="auto"}} {bans["bans"]}',
+        f'nfguard_bans_total{{kind="manual"}} {bans["manual_bans"]}',
+        "# HELP nfguard_bans_spared_total Addresses over the failure threshold not banned "
+        "(trusted or bound).",
+        "# TYPE nfguard_bans_spared_total counter",
+        f"nfguard_bans_spared_total {bans['spared']}",
+        "# HELP nfguard_auth_failures_total Failed authentications FreeSWITCH reported "
+        "(sofia::register_failure).",
+        "# TYPE nfguard_auth_failures_total counter",
+        f"nfguard_auth_failures_total {bans['auth_failures']}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -85,6 +85,9 @@ COMMENT_MAX = 128  # nft element comment limit in bytes
 
 BINDINGS = {4: "bindings_v4", 6: "bindings_v6"}
 TRUSTED = {4: "trusted_v4", 6: "trusted_v6"}
+# Bans (the operator's view: XDP drops): IPv4 addresses; IPv6 prefixes, an
+# interval set. Each element times out with the ban and names its reason.
+BANNED = {4: "banned4", 6: "banned6"}
 COUNTER = "rejected"
 CHAIN = "input"
 CHAIN_PRIORITY = -10  # "priority filter - 10": before the operator's own filter chains
@@ -452,6 +455,10 @@ class NftState:
         for v, name in TRUSTED.items():
             cmds.append({"add": {"set": self._obj(
                 name=name, type=f"ipv{v}_addr", flags=["interval"])}})
+        cmds.append({"add": {"set": self._obj(name=BANNED[4], type="ipv4_addr",
+                                               flags=["timeout"])}})
+        cmds.append({"add": {"set": self._obj(name=BANNED[6], type="ipv6_addr",
+                                               flags=["interval", "timeout"])}})
         cmds.append({"add": {"counter": self._obj(name=COUNTER)}})
         cmds.append({"add": {"chain": self._obj(
             name=CHAIN, type="filter", hook="input", prio=CHAIN_PRIORITY, policy="accept")}})
@@ -808,3 +815,80 @@ class NftState:
                                            for a, b in have.items()))
         self._known = d.known
         return {"missing": d.missing, "extra": d.extra, "comment": d.comment}
+
+    # -- bans ----------------------------------------------------------------
+    # A few elements at most (a ban each): every change is one batch of the
+    # idioms that work whether or not the element exists (add, delete, add
+    # again: replace; add, delete: remove), checked with interval+timeout
+    # sets on nft 1.0.6, so nothing is tracked.
+    @staticmethod
+    def _ban_val(key: str) -> tuple[str, object]:
+        """(set name, element value) of a ban key: "203.0.113.9",
+        "2001:db8:1:2::/64", or a bare IPv6 address (a /128 ban)."""
+        addr, _, bits = key.partition("/")
+        canon, version = _addr(addr)
+        if version == 4 or not bits:
+            return BANNED[version], canon
+        if not bits.isdigit() or not 0 < int(bits) <= 128:
+            raise NftError(f"not a ban key: {key!r}")
+        return BANNED[6], {"prefix": {"addr": canon, "len": int(bits)}}
+
+    def _ban_cmds(self, key: str, up: tuple[int | None, str] | None) -> list[dict]:
+        """Commands that leave `key` with (timeout s or None: none, comment),
+        or without an element when up is None."""
+        name, val = self._ban_val(key)
+        cmds = [{"add": {"element": self._obj(name=name, elem=[
+                    {"elem": {"val": val, "timeout": 1}}])}},
+                {"delete": {"element": self._obj(name=name, elem=[val])}}]
+        if up is not None:
+            elem: dict = {"val": val, "comment": _truncate(up[1])}
+            if up[0] is not None:
+                elem["timeout"] = max(1, up[0])  # 0 would mean never
+            cmds.append({"add": {"element": self._obj(name=name, elem=[{"elem": elem}])}})
+        return cmds
+
+    def set_ban(self, key: str, timeout: int | None, comment: str) -> None:
+        """The key's element, with this timeout (whole seconds; None: none)
+        and comment, replacing any. One batch."""
+        self._run(self._ban_cmds(key, (timeout, comment)))
+
+    def remove_ban(self, key: str) -> None:
+        """No element for key afterwards (there may have been none). One batch."""
+        self._run(self._ban_cmds(key, None))
+
+    def sync_bans(self, want: Mapping[str, tuple[int | None, str]]) -> dict:
+        """Make the ban sets hold exactly `want` (key: (timeout, comment)),
+        in one batch; {"set", "removed"} counts."""
+        extra = [k for k in self.bans() if k not in want]
+        cmds = []
+        for key in extra:
+            cmds += self._ban_cmds(key, None)
+        for key, up in want.items():
+            cmds += self._ban_cmds(key, up)
+        if cmds:
+            self._run(cmds)
+        return {"set": len(want), "removed": len(extra)}
+
+    def bans(self) -> dict[str, dict]:
+        """{key: {"comment", "expires_in"}} of both ban sets (expires_in
+        None: no timeout); {} when the sets are missing."""
+        out: dict[str, dict] = {}
+        for name in BANNED.values():
+            try:
+                listing = self._run([{"list": {"set": self._obj(name=name)}}])
+            except NftError:
+                continue  # no table, or a table of an older build without ban sets
+            for o in listing.get("nftables", []):
+                for e in o.get("set", {}).get("elem", []):
+                    e = e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e}
+                    val = e["val"]
+                    if isinstance(val, dict):
+                        val = _elem_networks(val)[0]
+                        if val.endswith("/128"):
+                            val = val[:-4]  # as the kernel writes a whole address
+                    if "expires" in e:
+                        left = float(e["expires"])
+                    else:
+                        left = 0.0 if e.get("timeout") else None
+                    out[val] = {"comment": e.get("comment", ""), "expires_in": left}
+        return out

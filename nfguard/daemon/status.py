@@ -69,4 +69,20 @@ def kernel_status(prog, nft, cfg, elements: Mapping[str, Element] | None = None,
         "nft": {"table": table, "rejected": summary["rejected"] if table else None,
                 "mark": summary["mark"]},
         "drift": {"nft": drift},
+        "bans": ban_counts(prog),
     }
+
+
+def ban_counts(prog) -> dict:
+    """The kernel's bans map: entries in force, manual ones among them, and
+    every entry (expired ones remember repeat offenders)."""
+    from nfguard.kernel.program import boottime_ns
+
+    boot = boottime_ns()
+    active = manual = entries = 0
+    for b in prog.iter_bans():
+        entries += 1
+        if b.expires_ns > boot:
+            active += 1
+            manual += b.manual
+    return {"active": active, "manual": manual, "entries": entries}
