@@ -136,6 +136,7 @@ def invite_flood(ns: str | None, src: tuple[str, int], dst: tuple[str, int], rat
     """INVITEs without credentials from src to dst at rate a second for
     seconds (or until count are sent). Returns sent, send_s (seconds spent
     sending), rate_achieved, send_errors, acks (ACKs of final answers),
+    packets (INVITEs and ACKs sent),
     responses (status code -> count, retransmissions included) and answered
     (INVITEs that got any answer)."""
     sock = _udp(ns, src)
@@ -177,7 +178,7 @@ def invite_flood(ns: str | None, src: tuple[str, int], dst: tuple[str, int], rat
         sock.close()
     return {"kind": "invite", "src": local[0], "rate": rate, "sent": sent,
             "send_s": round(spent, 3), "rate_achieved": round(sent / spent, 1) if spent else 0.0,
-            "send_errors": errors, "acks": acks, "responses": responses,
+            "send_errors": errors, "acks": acks, "packets": sent + acks, "responses": responses,
             "answered": len(answered)}
 
 
