@@ -67,20 +67,28 @@ def cpu_seconds(pid: int) -> float:
 
 class AttackLab:
     """The namespaces, FreeSWITCH with the phone registered, the packet
-    counter, and (start_nfguard) the daemon. close() removes them all."""
+    counter, and (start_nfguard) the daemon. With fs (a started
+    nfguard.lab.freeswitch.FreeSwitch, such as a test module's) the lab
+    uses it and its namespaces and leaves them running; without, it makes
+    its own. close() removes what the lab made."""
 
-    def __init__(self):
+    def __init__(self, fs=None):
         from nfguard.lab.freeswitch import FreeSwitch
         from nfguard.lab.topology import Topology
 
-        self.topo = Topology("nfgba", ipv6=False)
-        self.fs = None
+        self.own = fs is None
+        self.topo = Topology("nfgba", ipv6=False) if self.own else fs.topo
+        self.fs = fs
         self.nfguard = None
-        self.topo.up()
+        self.counter = False
+        if self.own:
+            self.topo.up()
         try:
-            self.topo.add_address("attacker", "eth0", f"{BRUTE_IP}/24")
-            self.fs = FreeSwitch(self.topo)
-            self.fs.start()
+            if f" {BRUTE_IP}/" not in self.topo.exec("attacker", "ip", "-4", "-o", "addr", "show"):
+                self.topo.add_address("attacker", "eth0", f"{BRUTE_IP}/24")
+            if self.own:
+                self.fs = FreeSwitch(self.topo)
+                self.fs.start()
             self.dst = (self.fs.sip_ip, self.fs.port("internal"))
             # after nfguard's chains (priority 0): what was accepted reaches the socket
             self.topo.exec("pbx", "nft", "-f", "-", input=(
@@ -88,6 +96,7 @@ class AttackLab:
                 "  type filter hook input priority 300;\n"
                 f"  ip saddr {{ {FLOOD_IP}, {BRUTE_IP} }} udp dport {self.dst[1]} "
                 "counter\n }\n}\n"))
+            self.counter = True
             self.register_phone()
         except BaseException:
             self.close()
@@ -140,12 +149,18 @@ class AttackLab:
         try:
             if self.nfguard is not None:
                 self.nfguard.close()
+                self.nfguard = None
         finally:
-            try:
-                if self.fs is not None:
-                    self.fs.close()
-            finally:
-                self.topo.close()
+            if self.own:
+                try:
+                    if self.fs is not None:
+                        self.fs.close()
+                finally:
+                    self.topo.close()  # the counter goes with the namespace
+            elif self.counter:
+                self.topo.exec("pbx", "nft", "delete", "table", "inet", COUNTER_TABLE,
+                               check=False)
+                self.counter = False
 
     # -- one scenario --------------------------------------------------------------
     def scenario(self, kind: str, rate: float, calls: int, seconds: float) -> dict:
@@ -220,12 +235,14 @@ def _count(items) -> dict[str, int]:
 
 def bench_attack(calls: int = DEFAULT_CALLS, seconds: float = DEFAULT_SECONDS,
                  scenarios: dict[str, tuple[str, float]] | None = None,
-                 nfguard_config: dict | None = None, progress=None) -> dict:
-    """Every scenario without nfguard, then with it; the figures."""
+                 nfguard_config: dict | None = None, progress=None, fs=None) -> dict:
+    """Every scenario without nfguard, then with it (nfguard_config over the
+    lab's defaults, nfguard.lab.freeswitch.Nfguard); the figures. fs: a
+    running FreeSWITCH to use (AttackLab)."""
     scenarios = scenarios or SCENARIOS
     say = progress or (lambda _msg: None)
     result: dict = {"calls": calls, "seconds": seconds, "scenarios": {}}
-    lab = AttackLab()
+    lab = AttackLab(fs)
     try:
         for phase in ("without", "with"):
             if phase == "with":
