@@ -503,3 +503,55 @@ def test_merge_keys_are_not_duplicates(tmp_path):
     cfg = load_config(path)
     assert [e.host for e in cfg.esl] == ["10.0.0.1", "10.0.0.2"]
     assert [e.password for e in cfg.esl] == ["pw", "pw"]
+
+
+# -- bans and rate limits --------------------------------------------------------
+def test_bans_and_rate_limits_default_to_the_documented_values():
+    from nfguard import policy
+    from nfguard.daemon.bans import BanPolicy
+
+    cfg = parse_config(minimal())
+    assert cfg.bans == BanPolicy(enabled=True, failures=5, window=600.0, ban_time=600.0,
+                                 increment=2.0, max_ban_time=7 * 86400.0, ipv6_prefix=64)
+    assert cfg.rate_limits == policy.DEFAULT_RATE_LIMITS
+    # the example says the same
+    ex = load_config(EXAMPLE)
+    assert ex.bans == cfg.bans and ex.rate_limits == cfg.rate_limits
+
+
+def test_bans_take_durations_with_units_and_rate_limits_per_class():
+    cfg = parse_config(minimal(
+        bans={"enabled": False, "failures": 3, "window": "5m", "ban_time": 3600,
+              "increment": 1.5, "max_ban_time": "2d", "ipv6_prefix": 56},
+        rate_limits={"invite": {"rate": 0, "burst": 1}, "other": {"rate": 2.5, "burst": 10}}))
+    b = cfg.bans
+    assert (b.enabled, b.failures, b.window, b.ban_time, b.increment, b.max_ban_time,
+            b.ipv6_prefix) == (False, 3, 300.0, 3600.0, 1.5, 172800.0, 56)
+    assert cfg.rate_limits["invite"] == (0.0, 1) and cfg.rate_limits["other"] == (2.5, 10)
+    assert cfg.rate_limits["register"] == (5.0, 40)  # the default of a class not given
+
+
+@pytest.mark.parametrize("top, key, words", [
+    ({"bans": {"failures": 0}}, "bans.failures", "whole number from 1"),
+    ({"bans": {"failures": True}}, "bans.failures", "whole number"),
+    ({"bans": {"window": "10 minutes"}}, "bans.window", "duration such as"),
+    ({"bans": {"ban_time": 0}}, "bans.ban_time", "more than 0"),
+    ({"bans": {"ban_time": "-5m"}}, "bans.ban_time", "duration"),
+    ({"bans": {"increment": 0.5}}, "bans.increment", "from 1"),
+    ({"bans": {"ipv6_prefix": 129}}, "bans.ipv6_prefix", "from 1 to 128"),
+    ({"bans": {"max_ban_time": "5m"}}, "bans.max_ban_time", "shorter than bans.ban_time"),
+    ({"bans": {"enabled": "yes"}}, "bans.enabled", "true or false"),
+    ({"bans": {"ban_tiem": 5}}, "bans.ban_tiem", "did you mean 'ban_time'"),
+    ({"bans": [5]}, "bans", "must be a mapping"),
+    ({"rate_limits": {"invites": {"rate": 1, "burst": 1}}}, "rate_limits.invites",
+     "did you mean 'invite'"),
+    ({"rate_limits": {"invite": {"rate": 1}}}, "rate_limits.invite.burst", "is required"),
+    ({"rate_limits": {"invite": {"rate": -1, "burst": 1}}}, "rate_limits.invite", "rate must"),
+    ({"rate_limits": {"register": {"rate": 1, "burst": 0}}}, "rate_limits.register",
+     "burst must"),
+    ({"rate_limits": {"other": 5}}, "rate_limits.other", "must be a mapping"),
+])
+def test_bad_bans_and_rate_limits_name_the_key(top, key, words):
+    msg = error(minimal(**top))
+    assert msg.startswith(f"{SRC}: {key}: "), msg
+    assert words in msg, msg
