@@ -150,7 +150,7 @@ def test_install_creates_exactly_the_table(ns):
     for o in objs:
         next(iter(o.values())).pop("handle", None)
     kinds = sorted(next(iter(o)) for o in objs)
-    assert kinds == ["chain", "counter", "rule", "set", "set", "set", "set", "table"]
+    assert kinds == ["chain", "counter", "rule"] + ["set"] * 6 + ["table"]
 
     sets = {o["set"]["name"]: o["set"] for o in objs if "set" in o}
     assert {n: (s["type"], s["flags"]) for n, s in sets.items()} == {
@@ -158,6 +158,8 @@ def test_install_creates_exactly_the_table(ns):
         "bindings_v6": ("ipv6_addr", ["timeout"]),
         "trusted_v4": ("ipv4_addr", ["interval"]),
         "trusted_v6": ("ipv6_addr", ["interval"]),
+        "banned4": ("ipv4_addr", ["timeout"]),
+        "banned6": ("ipv6_addr", ["interval", "timeout"]),
     }
     assert "elem" not in sets["bindings_v4"] and "elem" not in sets["bindings_v6"]
     assert sets["trusted_v4"]["elem"] == [{"prefix": {"addr": "10.0.0.0", "len": 8}},
@@ -738,3 +740,78 @@ def test_nft_sink_one_element_per_address():
     assert nft.calls[-1] == ("sync", {"192.0.2.1": Element(20.0, creds("1001", "1002"))})
     with pytest.raises(KeyError):
         sink.elements()["192.0.2.2"]
+
+
+# -- bans ----------------------------------------------------------------------
+def bans_of(ns: str) -> dict[str, dict]:
+    """{key: {"comment", "timeout"}} of both ban sets, read by the nft binary."""
+    out = {}
+    for name in ("banned4", "banned6"):
+        for e in set_elems(ns, name):
+            e = e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e}
+            val = e["val"]
+            if isinstance(val, dict):
+                val = f"{val['prefix']['addr']}/{val['prefix']['len']}"
+            out[val] = {"comment": e.get("comment"), "timeout": e.get("timeout")}
+    return out
+
+
+def test_bans_are_elements_with_a_timeout_and_their_reason(ns, st):
+    st.set_ban("203.0.113.9", 600, "5 failures in 10m, last 1001@pbx (REGISTER)")
+    st.set_ban("2001:db8:1:2::/64", 1200, "manual")
+    st.set_ban("2001:db8::5", 30, "a /128")
+    assert bans_of(ns) == {
+        "203.0.113.9": {"comment": "5 failures in 10m, last 1001@pbx (REGISTER)",
+                        "timeout": 600},
+        "2001:db8:1:2::/64": {"comment": "manual", "timeout": 1200},
+        "2001:db8::5": {"comment": "a /128", "timeout": 30},
+    }
+    got = st.bans()
+    assert set(got) == {"203.0.113.9", "2001:db8:1:2::/64", "2001:db8::5"}
+    assert got["2001:db8:1:2::/64"]["comment"] == "manual"
+    assert 1190 <= got["2001:db8:1:2::/64"]["expires_in"] <= 1200
+    # a ban again replaces the element: its new timeout and reason
+    st.set_ban("2001:db8:1:2::/64", 60, "manual, again")
+    assert bans_of(ns)["2001:db8:1:2::/64"] == {"comment": "manual, again", "timeout": 60}
+    # removal works whether or not the element is there
+    st.remove_ban("203.0.113.9")
+    st.remove_ban("203.0.113.9")
+    st.remove_ban("2001:db8:7::/64")
+    assert set(bans_of(ns)) == {"2001:db8:1:2::/64", "2001:db8::5"}
+    # the bindings sets are untouched by all of it
+    assert bindings(ns) == {} and bindings(ns, "bindings_v6") == {}
+
+
+def test_sync_bans_makes_the_sets_exactly_the_wanted_in_one_batch(ns, st):
+    st.set_ban("192.0.2.1", 600, "stale")
+    st.set_ban("2001:db8:9::/64", 600, "stale")
+    st.set_ban("192.0.2.2", 600, "kept")
+    assert st.sync_bans({"192.0.2.2": (300, "kept, shorter"),
+                         "2001:db8:1::/64": (None, "manual")}) == {"set": 2, "removed": 2}
+    got = bans_of(ns)
+    assert got == {"192.0.2.2": {"comment": "kept, shorter", "timeout": 300},
+                   "2001:db8:1::/64": {"comment": "manual", "timeout": None}}
+    assert st.bans()["2001:db8:1::/64"]["expires_in"] is None  # until lifted
+    assert st.sync_bans({}) == {"set": 0, "removed": 2} and bans_of(ns) == {}
+
+
+def test_ban_sets_expire_their_elements(ns, st):
+    st.set_ban("198.51.100.1", 1, "short")
+    st.set_ban("2001:db8:2::/64", 1, "short")
+    deadline = time.monotonic() + 10
+    while bans_of(ns) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert bans_of(ns) == {} and st.bans() == {}
+
+
+def test_a_table_of_an_older_build_gains_the_ban_sets_and_keeps_its_elements(ns):
+    old = NftState(MARK)
+    old.install([])
+    old.apply({"192.0.2.7": Element(time.time() + 300, creds("1001"))}, (), time.time())
+    sh("nft", "delete", "set", "inet", TABLE, "banned4", ns=ns)
+    sh("nft", "delete", "set", "inet", TABLE, "banned6", ns=ns)
+    new = NftState(MARK)
+    assert new.bans() == {}  # no sets yet: nothing banned, no error
+    new.install([])
+    new.set_ban("192.0.2.66", 60, "manual")
+    assert set(bans_of(ns)) == {"192.0.2.66"} and set(bindings(ns)) == {"192.0.2.7"}
