@@ -104,6 +104,7 @@ static __always_inline __u32 classify_start(struct xdp_md *ctx,
 		return s->more ? unfinished(s, cfg) : NFG_R_METHOD_NOT_GUARDED;
 	if (first >= NFG_LEADING_MAX)
 		return NFG_R_TOO_MANY_EMPTY_LINES;
+	s->rate_class = rate_class_at(s, first);
 	if (!method_at(s, first, cfg->methods)) {
 		if (s->more && n - first < NFG_METHOD_SPAN)
 			return unfinished(s, cfg);
@@ -247,12 +248,92 @@ static __always_inline void count_reason(__u32 *reason)
 		(*count)++;
 }
 
+/* The key of the source in bans and buckets: an IPv6 address masked to the
+ * configured prefix (a host holds a whole /64), an IPv4 address whole. */
+static __always_inline void source_key(struct nfg_config *cfg,
+				       struct l4_info *l4, __u8 *out)
+{
+	__u64 w[2];
+
+	__builtin_memcpy(w, l4->saddr, 16);
+	if (l4->ipv6) {
+		w[0] &= cfg->v6_mask[0];
+		w[1] &= cfg->v6_mask[1];
+	}
+	__builtin_memcpy(out, w, 16);
+}
+
+/* Is the source banned? The expiry is the kernel's to check: bans lapse on
+ * time even while the controller is down. */
+static __always_inline int banned(struct nfg_scratch *s, struct nfg_config *cfg,
+				  struct l4_info *l4)
+{
+	struct nfg_addr_key key;
+	struct nfg_ban *ban;
+
+	source_key(cfg, l4, key.addr);
+	ban = bans.lookup(&key);
+	return ban && ban->expires_ns > boot_now(s);
+}
+
+/* Is this request over its source's rate? Only requests of a rate class,
+ * from a source that holds no binding (trusted sources never get here).
+ * The bucket is a GCRA: one time per (source, class), how far the source
+ * has run ahead of its sustained rate; over the slack (burst - 1
+ * intervals) it is limited and the time does not move. Two CPUs updating
+ * one bucket at once may each let one request through: a bucket is a
+ * bound on a flood, not an exact count. */
+static __always_inline int over_rate(struct nfg_scratch *s,
+				     struct nfg_config *cfg)
+{
+	struct nfg_bucket_key key;
+	__u32 cls = s->rate_class;
+	__u64 interval, now, t, *tat, *until;
+
+	if (cls >= NFG_RC_COUNT)
+		return 0;
+	interval = cfg->rate_interval_ns[cls];
+	if (!interval)
+		return 0;
+	now = boot_now(s);
+	until = bound.lookup((struct nfg_addr_key *)s->l4.saddr);
+	if (until && *until > now)
+		return 0;
+	source_key(cfg, &s->l4, key.addr);
+	key.cls = cls;
+	tat = buckets.lookup(&key);
+	if (!tat) {
+		t = now + interval;
+		buckets.update(&key, &t);
+		return 0;
+	}
+	t = *tat > now ? *tat : now;
+	if (t - now > cfg->rate_slack_ns[cls])
+		return 1;
+	*tat = t + interval;
+	return 0;
+}
+
+/* A request the policy passes may still be one of a flood: requests with
+ * no credentials and those of methods nfguard does not guard (REGISTER,
+ * OPTIONS, ...) go through their source's bucket. */
+static __always_inline __u32 rate_limit(struct nfg_scratch *s,
+					struct nfg_config *cfg, __u32 reason)
+{
+	if ((reason == NFG_R_NO_CREDENTIALS ||
+	     reason == NFG_R_METHOD_NOT_GUARDED) &&
+	    over_rate(s, cfg))
+		return NFG_R_RATE_LIMITED;
+	return reason;
+}
+
 /* Count the reason, apply the mode, send the event. */
 static __always_inline int finish(struct xdp_md *ctx, struct nfg_scratch *s,
 				  struct nfg_config *cfg, __u32 reason)
 {
 	__u32 action, would;
 
+	reason = rate_limit(s, cfg, reason);
 	count_reason(&reason);
 	s->last_reason = reason;
 	if (reason < NFG_R_FIRST_VERDICT) {
@@ -260,13 +341,19 @@ static __always_inline int finish(struct xdp_md *ctx, struct nfg_scratch *s,
 		s->last_would = NFG_ACT_PASS;
 		return XDP_PASS;
 	}
-	would = cfg->action == NFG_ACTION_REJECT ? NFG_ACT_MARK : NFG_ACT_DROP;
+	/* A flood is dropped, never rejected: a reject answers every packet
+	 * of it. Nor does it send events: it would crowd out the credential
+	 * alerts (the counters count it). */
+	would = cfg->action == NFG_ACTION_REJECT && reason < NFG_R_FIRST_FLOOD
+			? NFG_ACT_MARK
+			: NFG_ACT_DROP;
 	action = cfg->mode == NFG_MODE_ENFORCE ? would : NFG_ACT_PASS;
 	if (action == NFG_ACT_MARK && set_reject_meta(ctx) < 0)
 		action = NFG_ACT_DROP; /* no metadata room: fail closed */
 	s->last_action = action;
 	s->last_would = would;
-	emit_event(s, cfg, reason, action, would);
+	if (reason < NFG_R_FIRST_FLOOD)
+		emit_event(s, cfg, reason, action, would);
 	return action == NFG_ACT_DROP ? XDP_DROP : XDP_PASS;
 }
 
@@ -365,27 +452,42 @@ int nfguard_xdp(struct xdp_md *ctx)
 	if (r == L4_PASS)
 		return reason == NFG_R_LATER_FRAGMENT ? count_pass(reason)
 						      : pass_through(reason);
-	if (r == L4_UDP) {
-		udph = nh.pos;
+	if (r == L4_UDP || r == L4_TCP) {
+		udph = nh.pos; /* a TCP header starts with the same ports */
 		if (parse_udp(&nh, data_end, &l4, &reason) != L4_UDP)
 			return pass_through(reason);
 		if (!port_guarded(&port_word, &udph->dest))
 			return pass_through(NFG_R_PORT_NOT_GUARDED);
 	}
-	if (l4_details(l3, udph, data, data_end, &l4) < 0)
+	if (l4_details(l3, r == L4_UDP ? udph : NULL, data, data_end, &l4) < 0)
 		return pass_through(NFG_R_NOT_IP);
-	if (r == L4_UDP) {
+	if (r != L4_VERDICT) {
 		__builtin_memcpy(lpm.addr, l4.saddr, 16);
 		if (trusted.lookup(&lpm))
 			return count_pass(NFG_R_TRUSTED);
 	}
 
-	/* From here on the packet is a guarded datagram (or an unsafe
+	/* From here on the packet is for a guarded port (or behind an unsafe
 	 * extension header chain): the stages share its state per CPU. */
 	if (!stage_state(&cfg, &s))
 		return XDP_PASS;
-	s->l4 = l4;
 	s->last_has_key = 0;
+	/* A banned source loses every packet to a guarded port, UDP or TCP,
+	 * before its payload is read. */
+	if (r != L4_VERDICT && banned(s, cfg, &l4)) {
+		reason = NFG_R_BANNED;
+		count_reason(&reason);
+		s->last_reason = reason;
+		s->last_would = NFG_ACT_DROP;
+		s->last_action = cfg->mode == NFG_MODE_ENFORCE ? NFG_ACT_DROP
+							       : NFG_ACT_PASS;
+		return cfg->mode == NFG_MODE_ENFORCE ? XDP_DROP : XDP_PASS;
+	}
+	/* TCP is judged by its stream, not here (docs/design.md §2.1). */
+	if (r == L4_TCP)
+		return pass_through(NFG_R_NOT_UDP);
+	s->l4 = l4;
+	s->rate_class = NFG_RC_NONE;
 	s->last_seq++;
 	if (r == L4_UDP) {
 		reason = classify_start(ctx, s, cfg);

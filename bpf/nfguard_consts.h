@@ -15,7 +15,7 @@
  * map's key, value or size: the loader then does not reuse the pins of an
  * older build blindly (nfguard/kernel/pins.py). Tests build other layouts. */
 #ifndef NFG_LAYOUT_VERSION
-#define NFG_LAYOUT_VERSION 1
+#define NFG_LAYOUT_VERSION 2
 #endif
 
 /* Sizes of the maps (nfguard_maps.h). */
@@ -23,6 +23,17 @@
 #define NFG_BINDINGS_MAX 131072
 #endif
 #define NFG_TRUSTED_MAX 4096
+/* Banned addresses (IPv6: prefixes), active and remembered (docs/design.md
+ * §2.2): written by the controller only, never by a packet. */
+#ifndef NFG_BANS_MAX
+#define NFG_BANS_MAX 65536
+#endif
+/* Token buckets of the rate limits, one per (source key, method class): an
+ * LRU map, so that a flood of spoofed sources evicts old buckets instead
+ * of filling the map. */
+#ifndef NFG_BUCKETS_MAX
+#define NFG_BUCKETS_MAX 65536
+#endif
 /* The guarded UDP ports as a bitmap: 64 ports a word. */
 #define NFG_PORT_WORDS (65536 / 64)
 /* Pages of the verdict event ring buffer. */
@@ -96,6 +107,18 @@
 #define NFG_MAX_VLAN 2
 #define NFG_MAX_EXT_HDRS 6
 
+/* Rate limit classes of SIP requests (docs/design.md §2.2): the index of
+ * the config's rate arrays. NFG_RC_NONE: not limited (a response, a
+ * keep-alive, not SIP). */
+#define NFG_RC_INVITE 0
+#define NFG_RC_REGISTER 1
+#define NFG_RC_OTHER 2
+#define NFG_RC_COUNT 3
+#define NFG_RC_NONE 3
+
+/* Ban entry flags. */
+#define NFG_BAN_MANUAL 1
+
 /* Modes and actions (config map). */
 #define NFG_MODE_MONITOR 0
 #define NFG_MODE_ENFORCE 1
@@ -154,6 +177,11 @@ enum nfg_reason {
 	NFG_R_SCAN_LIMIT,
 	NFG_R_TOO_MANY_EMPTY_LINES,
 	NFG_R_TAIL_CALL_FAILED,
+	/* Flood reasons: dropped when enforcing whatever the action (a reject
+	 * would answer every packet of a flood). */
+	NFG_R_BANNED,
+	NFG_R_FIRST_FLOOD = NFG_R_BANNED,
+	NFG_R_RATE_LIMITED,
 	NFG_R_COUNT,
 	/* Not a reason: classification goes on in the next stage. */
 	NFG_R_CONTINUE = 255,

@@ -29,11 +29,21 @@ NFG_MAP("lpm_trie", struct nfg_lpm_key, __u8, trusted, NFG_TRUSTED_MAX,
 NFG_MAP("array", __u32, __u64, ports, NFG_PORT_WORDS, 0);
 NFG_MAP("array", __u32, struct nfg_config, config, 1, 0);
 NFG_MAP("percpu_array", __u32, __u64, counters, NFG_R_COUNT, 0);
+/* Bans: the source key -> its expiry (docs/design.md §2.2). */
+NFG_MAP("hash", struct nfg_addr_key, struct nfg_ban, bans, NFG_BANS_MAX,
+	BPF_F_NO_PREALLOC);
+/* Addresses holding a binding -> the latest expiry among them: such a
+ * source is never rate limited. */
+NFG_MAP("hash", struct nfg_addr_key, __u64, bound, NFG_BINDINGS_MAX,
+	BPF_F_NO_PREALLOC);
 
 /* Private to each load (the loader pins each load's stages array under a
  * name of its own). */
 BPF_PERCPU_ARRAY(scratch, struct nfg_scratch, 1);
 BPF_PERCPU_ARRAY(ratelimit, struct nfg_ratelimit, 1);
+/* The rate limits' buckets: a time each (GCRA). Private: a restart only
+ * forgets how far each source has run ahead. */
+BPF_TABLE("lru_hash", struct nfg_bucket_key, __u64, buckets, NFG_BUCKETS_MAX);
 BPF_RINGBUF_OUTPUT(events, NFG_EVENTS_PAGES);
 /* The later stages, reached by tail calls (see nfguard.c). */
 BPF_PROG_ARRAY(stages, NFG_STAGES);

@@ -52,8 +52,34 @@ struct nfg_config {
 	__u32 fragments;      /* NFG_FRAG_* */
 	__u32 reject_mark;    /* skb->mark set by the TC program */
 	__u32 events_per_sec; /* per CPU; 0 disables verdict events */
-	__u32 reserved;
-	__u64 cred_seed; /* seed of the credential hash, random per pin */
+	__u32 ipv6_prefix; /* bits of an IPv6 source that key bans, buckets */
+	__u64 cred_seed;   /* seed of the credential hash, random per pin */
+	/* ipv6_prefix as a mask over the two words of an IPv6 address */
+	__u64 v6_mask[2];
+	/* Per rate class (NFG_RC_*), as a GCRA (a token bucket kept as one
+	 * time): ns between requests at the sustained rate (0: unlimited), and
+	 * how far ahead of now a source may run: (burst - 1) intervals. */
+	__u64 rate_interval_ns[NFG_RC_COUNT];
+	__u64 rate_slack_ns[NFG_RC_COUNT];
+};
+
+/* A source as bans, bound addresses and buckets key it: the IPv6 address
+ * (masked to ipv6_prefix for bans and buckets), or IPv4 mapped into
+ * ::ffff:0:0/96, whole. */
+struct nfg_addr_key {
+	__u8 addr[16];
+};
+
+struct nfg_ban {
+	__u64 expires_ns; /* CLOCK_BOOTTIME; checked by the program itself */
+	__u32 offenses;	  /* bans of this source so far (the controller's) */
+	__u32 flags;	  /* NFG_BAN_* */
+};
+
+/* One token bucket: the source and the method class. */
+struct nfg_bucket_key {
+	__u8 addr[16];
+	__u32 cls;
 };
 
 /* One verdict event, sent through the ring buffer. */
@@ -120,6 +146,7 @@ struct nfg_scratch {
 	__u32 cur;	   /* line or credential header index of a loop */
 	__u32 steps;	   /* scanner steps taken, over all tail calls */
 	__u32 tmp;	   /* a value laundered through memory */
+	__u32 rate_class;  /* NFG_RC_* of the request line */
 	__u32 hdr_start[NFG_MAX_LINES];
 	__u32 hdr_end[NFG_MAX_LINES]; /* terminator ending each line */
 	struct nfg_cred cred[NFG_MAX_CRED_HDRS];

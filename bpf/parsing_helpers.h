@@ -26,6 +26,7 @@ struct vlan_hdr {
 #define L4_UDP 0     /* a UDP header is in this frame */
 #define L4_PASS 1    /* not for us: reason set */
 #define L4_VERDICT 2 /* cannot tell safely: reason set */
+#define L4_TCP 3     /* a TCP header is in this frame: only bans apply */
 
 static __always_inline int is_vlan(__be16 proto)
 {
@@ -85,13 +86,13 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end,
 		*reason = NFG_R_LATER_FRAGMENT;
 		return L4_PASS;
 	}
-	if (iph->protocol != IPPROTO_UDP) {
+	if (iph->protocol != IPPROTO_UDP && iph->protocol != IPPROTO_TCP) {
 		*reason = NFG_R_NOT_UDP;
 		return L4_PASS;
 	}
 	l4->first_fragment = !!(frag & 0x2000);
 	nh->pos += hlen;
-	return L4_UDP;
+	return iph->protocol == IPPROTO_UDP ? L4_UDP : L4_TCP;
 }
 
 struct ipv6_opt_hdr_min {
@@ -128,6 +129,8 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
 		switch (next) {
 		case IPPROTO_UDP:
 			return L4_UDP;
+		case IPPROTO_TCP:
+			return L4_TCP;
 		case IPPROTO_HOPOPTS:
 		case IPPROTO_ROUTING:
 		case IPPROTO_DSTOPTS:
@@ -167,6 +170,8 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
 	}
 	if (next == IPPROTO_UDP)
 		return L4_UDP;
+	if (next == IPPROTO_TCP)
+		return L4_TCP;
 	if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING ||
 	    next == IPPROTO_DSTOPTS || next == IPPROTO_AH ||
 	    next == IPPROTO_FRAGMENT) {
@@ -178,6 +183,8 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
 	return L4_PASS;
 }
 
+/* The ports of a UDP header, or of a TCP one: both start with source and
+ * destination port, and a TCP header is longer than a UDP one. */
 static __always_inline int parse_udp(struct hdr_cursor *nh, void *data_end,
 				     struct l4_info *l4, __u32 *reason)
 {

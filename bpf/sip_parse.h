@@ -115,6 +115,33 @@ static __always_inline __u32 launder(struct nfg_scratch *s, __u32 v)
 	return s->tmp;
 }
 
+/* The rate limit class of the message at `at` (docs/design.md §2.2):
+ * INVITE or REGISTER exactly (case-sensitive, as sofia-sip reads methods)
+ * followed by SP or HT, NFG_RC_NONE for a response ("SIP/" in any case:
+ * answers to the PBX's own requests), else NFG_RC_OTHER: any other
+ * request, and anything that is not SIP at all. */
+static __always_inline __u32 rate_class_at(struct nfg_scratch *s, __u32 at)
+{
+	__u64 w = load8(s, at), w2 = load8_off(s, at, 8);
+	__u8 sep;
+
+	if ((w & 0xffffffffffffULL) == C8('I', 'N', 'V', 'I', 'T', 'E', 0, 0)) {
+		sep = (w >> 48) & 0xff;
+		if (sep == ' ' || sep == '\t')
+			return NFG_RC_INVITE;
+	}
+	if (w == C8('R', 'E', 'G', 'I', 'S', 'T', 'E', 'R')) {
+		sep = w2 & 0xff;
+		if (sep == ' ' || sep == '\t')
+			return NFG_RC_REGISTER;
+	}
+	/* the case bit of S, I and P only: '/' has it clear */
+	if (((w & 0xffffffffULL) | 0x202020ULL) ==
+	    C8('s', 'i', 'p', '/', 0, 0, 0, 0))
+		return NFG_RC_NONE;
+	return NFG_RC_OTHER;
+}
+
 /* A SIP method: its name as a word, for method_at(). */
 struct nfg_method {
 	__u64 word; /* method name, little-endian, zero padded */

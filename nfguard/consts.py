@@ -4,9 +4,11 @@ tests/test_consts.py parses the C header and checks every value here.
 """
 
 # Layout version of the pinned maps (nfguard/kernel/pins.py).
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 BINDINGS_MAX = 131072
 TRUSTED_MAX = 4096
+BANS_MAX = 65536
+BUCKETS_MAX = 65536
 PORT_WORDS = 65536 // 64  # the guarded ports bitmap: 64 ports a word
 
 SCAN_MAX = 4096
@@ -28,6 +30,12 @@ STEPS_PER_CALL = 64
 STAGE_SCAN = 0
 STAGE_PARAMS = 1
 STAGES = 2
+
+# Rate limit classes (index of the config's rate arrays); RC_NONE: not limited.
+RATE_CLASSES = {"invite": 0, "register": 1, "other": 2}
+RC_COUNT = 3
+RC_NONE = 3
+BAN_MANUAL = 1
 
 MODE_MONITOR = 0
 MODE_ENFORCE = 1
@@ -86,13 +94,21 @@ REASONS = [
     "scan_limit",
     "too_many_empty_lines",
     "tail_call_failed",
+    "banned",
+    "rate_limited",
 ]
 FIRST_VERDICT = REASONS.index("not_bound")
+# Flood reasons: dropped when enforcing, whatever the action, without events.
+FIRST_FLOOD = REASONS.index("banned")
 REASON_IDS = {name: i for i, name in enumerate(REASONS)}
 
 
 def is_verdict(reason: str) -> bool:
     return REASON_IDS[reason] >= FIRST_VERDICT
+
+
+def is_flood(reason: str) -> bool:
+    return REASON_IDS[reason] >= FIRST_FLOOD
 
 
 def methods_mask(methods) -> int:

@@ -111,6 +111,60 @@ def events_per_sec(value) -> int:
     return value
 
 
+# Rate limits of requests from sources neither trusted nor bound, per class:
+# (requests a second, burst). A bound phone or a trusted trunk is never
+# limited, so these only meet a phone before its first registration and
+# peers nobody configured. Chosen so that none of those hits them:
+# - register: a NAT of 20 phones booting at once sends 40 REGISTERs (each
+#   answered by a challenge, then repeated with credentials); once one of
+#   them is bound, the address is no longer limited at all;
+# - invite: an unregistered caller retries at most a few times a second;
+#   5/s is still 300 calls a minute, and at FreeSWITCH's ~13 ms of CPU per
+#   challenge, at most 7 % of a core (a flood at 150/s takes all of it);
+# - other: OPTIONS pings, BYE/ACK/CANCEL of calls with outside peers.
+DEFAULT_RATE_LIMITS = {"invite": (5.0, 20), "register": (5.0, 40), "other": (20.0, 100)}
+RATE_MAX = 1_000_000.0
+BURST_MAX = 1_000_000
+
+
+def ipv6_prefix(value) -> int:
+    """Bits of an IPv6 source that key its bans and buckets: a host usually
+    holds a whole /64, so a ban of one address is dodged by the next."""
+    if not _whole(value, 1, 128):
+        raise PolicyError("ipv6_prefix", f"must be a prefix length from 1 to 128, "
+                          f"not {show(value)}")
+    return value
+
+
+def rate_limits(value) -> dict[str, tuple[float, int]]:
+    """{class: (per_second, burst)} for every class, the defaults where a
+    class is not given; per_second 0 leaves the class unlimited."""
+    if not isinstance(value, dict):
+        raise PolicyError("rate_limits", f"must be a mapping of {one_of(consts.RATE_CLASSES)} "
+                          f"to (rate, burst), not {show(value)}")
+    out = dict(DEFAULT_RATE_LIMITS)
+    for cls, limit in value.items():
+        if cls not in consts.RATE_CLASSES:
+            hint = suggest(cls, consts.RATE_CLASSES) if isinstance(cls, str) else ""
+            raise PolicyError("rate_limits", f"unknown class {show(cls)}: "
+                              f"{one_of(consts.RATE_CLASSES)}{hint}")
+        key = f"rate_limits.{cls}"
+        if isinstance(limit, dict) and set(limit) == {"rate", "burst"}:
+            limit = (limit["rate"], limit["burst"])
+        if not isinstance(limit, (tuple, list)) or len(limit) != 2:
+            raise PolicyError(key, f"must be {{rate: per second, burst: N}}, not {show(limit)}")
+        rate, burst = limit
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or \
+                not 0 <= rate <= RATE_MAX:
+            raise PolicyError(key, f"rate must be requests a second from 0 (unlimited) to "
+                              f"{RATE_MAX:.0f}, not {show(rate)}")
+        if not _whole(burst, 1, BURST_MAX):
+            raise PolicyError(key, f"burst must be a whole number from 1 to {BURST_MAX}, "
+                              f"not {show(burst)}")
+        out[cls] = (float(rate), burst)
+    return out
+
+
 def _items(key: str, value, example: str) -> list:
     """A list (or tuple, or other iterable) as a list; a string is not one."""
     if isinstance(value, (str, bytes, dict)):

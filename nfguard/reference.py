@@ -34,6 +34,7 @@ LINE_STOPS = frozenset(range(0x0E)) | frozenset(range(0x8E, 0x100))
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 VLAN_TPIDS = (0x8100, 0x88A8)
 IPPROTO_UDP = 17
+IPPROTO_TCP = 6
 EXT_HOPOPTS, EXT_ROUTING, EXT_FRAGMENT, EXT_AH, EXT_DSTOPTS = 0, 43, 44, 51, 60
 EXT_HEADERS = frozenset((EXT_HOPOPTS, EXT_ROUTING, EXT_FRAGMENT, EXT_AH, EXT_DSTOPTS))
 
@@ -50,6 +51,7 @@ SPEC_REASONS = (
     "not_bound", "expired", "credential_unparsable", "credential_ambiguous",
     "credential_too_long", "too_many_credentials", "headers_truncated",
     "fragmented", "ext_header_limit", "scan_limit", "too_many_empty_lines",
+    "banned", "rate_limited",
 )
 
 
@@ -93,8 +95,10 @@ class _Datagram:
     """What §1 and §2 learn about the UDP datagram in a frame."""
 
     def __init__(self, saddr: bytes, dport: int, payload_len: int, payload: bytes,
-                 first_fragment: bool):
+                 first_fragment: bool, tcp: bool = False, ipv6: bool = False):
         self.saddr = saddr  # 16 bytes, IPv4 mapped into ::ffff:0:0/96
+        self.tcp = tcp  # a TCP segment: only bans apply to it
+        self.ipv6 = ipv6
         self.dport = dport
         self.payload_len = payload_len  # what the UDP header claims
         self.payload = payload  # the bytes of it in this frame (avail of them)
@@ -115,17 +119,19 @@ def _parse_frame(frame: bytes) -> _Datagram:
         ethertype = int.from_bytes(frame[pos + 2:pos + 4], "big")
         pos += 4
     if ethertype == ETH_P_IP:
-        saddr, pos, first_fragment, ip_end = _parse_ipv4(frame, pos)
+        saddr, pos, first_fragment, ip_end, proto = _parse_ipv4(frame, pos)
         ipv6 = False
     elif ethertype == ETH_P_IPV6:
-        saddr, pos, first_fragment, ip_end = _parse_ipv6(frame, pos)
+        saddr, pos, first_fragment, ip_end, proto = _parse_ipv6(frame, pos)
         ipv6 = True
     else:
         raise _Stop("not_ip")
-    # §1.5 - §2
+    # §1.5 - §2; a TCP header starts with the same two ports
     if pos + 8 > len(frame):
         raise _Stop("not_udp")
     dport = int.from_bytes(frame[pos + 2:pos + 4], "big")
+    if proto == IPPROTO_TCP:
+        return _Datagram(saddr, dport, 0, b"", first_fragment, tcp=True, ipv6=ipv6)
     udp_len = int.from_bytes(frame[pos + 4:pos + 6], "big")
     udp_end = pos + 8
     if ipv6 and udp_len == 0:
@@ -135,11 +141,11 @@ def _parse_frame(frame: bytes) -> _Datagram:
         payload_len = udp_len - 8 if udp_len >= 8 else 0
     # Ethernet trailer bytes after the IP packet are not payload.
     payload = frame[udp_end:max(udp_end, min(len(frame), ip_end))]
-    return _Datagram(saddr, dport, payload_len, payload, first_fragment)
+    return _Datagram(saddr, dport, payload_len, payload, first_fragment, ipv6=ipv6)
 
 
-def _parse_ipv4(frame: bytes, pos: int) -> tuple[bytes, int, bool, int]:
-    """Source, UDP header offset, first fragment, ip_end."""
+def _parse_ipv4(frame: bytes, pos: int) -> tuple[bytes, int, bool, int, int]:
+    """Source, UDP (or TCP) header offset, first fragment, ip_end, protocol."""
     if pos + 20 > len(frame) or frame[pos] >> 4 != 4:
         raise _Stop("not_ip")
     hlen = (frame[pos] & 0x0F) * 4
@@ -149,7 +155,8 @@ def _parse_ipv4(frame: bytes, pos: int) -> tuple[bytes, int, bool, int]:
     frag = int.from_bytes(frame[pos + 6:pos + 8], "big")
     if frag & 0x1FFF:
         raise _Stop("later_fragment")
-    if frame[pos + 9] != IPPROTO_UDP:
+    proto = frame[pos + 9]
+    if proto not in (IPPROTO_UDP, IPPROTO_TCP):
         raise _Stop("not_udp")
     first_fragment = bool(frag & 0x2000)
     ip_payload = total - hlen
@@ -157,11 +164,11 @@ def _parse_ipv4(frame: bytes, pos: int) -> tuple[bytes, int, bool, int]:
         # reassembly drops the last 1-7 bytes of a non-last fragment
         ip_payload -= ip_payload % 8
     saddr = _V4_MAPPED + frame[pos + 12:pos + 16]
-    return saddr, pos + hlen, first_fragment, pos + hlen + ip_payload
+    return saddr, pos + hlen, first_fragment, pos + hlen + ip_payload, proto
 
 
-def _parse_ipv6(frame: bytes, pos: int) -> tuple[bytes, int, bool, int]:
-    """Source, UDP header offset, first fragment, ip_end."""
+def _parse_ipv6(frame: bytes, pos: int) -> tuple[bytes, int, bool, int, int]:
+    """Source, UDP (or TCP) header offset, first fragment, ip_end, protocol."""
     if pos + 40 > len(frame) or frame[pos] >> 4 != 6:
         raise _Stop("not_ip")
     saddr = frame[pos + 8:pos + 24]
@@ -172,8 +179,8 @@ def _parse_ipv6(frame: bytes, pos: int) -> tuple[bytes, int, bool, int]:
     pos += 40
     first_fragment = False
     for _ in range(consts.MAX_EXT_HDRS):
-        if nexthdr == IPPROTO_UDP:
-            return saddr, pos, first_fragment, ip_end
+        if nexthdr in (IPPROTO_UDP, IPPROTO_TCP):
+            return saddr, pos, first_fragment, ip_end, nexthdr
         if nexthdr in (EXT_HOPOPTS, EXT_ROUTING, EXT_DSTOPTS):
             if pos + 2 > len(frame):
                 raise _Stop("not_ip")
@@ -194,8 +201,8 @@ def _parse_ipv6(frame: bytes, pos: int) -> tuple[bytes, int, bool, int]:
             nexthdr, pos = frame[pos], pos + 8
         else:
             raise _Stop("not_udp")
-    if nexthdr == IPPROTO_UDP:
-        return saddr, pos, first_fragment, ip_end
+    if nexthdr in (IPPROTO_UDP, IPPROTO_TCP):
+        return saddr, pos, first_fragment, ip_end, nexthdr
     if nexthdr in EXT_HEADERS:
         raise _Stop("ext_header_limit")
     raise _Stop("not_udp")
@@ -228,6 +235,74 @@ def addr16(ip) -> bytes:
     return _V4_MAPPED + a.packed if a.version == 4 else a.packed
 
 
+# -- Floods (docs/design.md §2.2) ----------------------------------------------
+
+def source_key(saddr: bytes, ipv6: bool, ipv6_prefix: int = 64) -> bytes:
+    """The key of a source in bans and buckets: an IPv6 address masked to
+    ipv6_prefix bits, an IPv4 one (mapped) whole."""
+    if not ipv6:
+        return saddr
+    mask = ((1 << 128) - 1) ^ ((1 << (128 - ipv6_prefix)) - 1)
+    return (int.from_bytes(saddr, "big") & mask).to_bytes(16, "big")
+
+
+def ban_table(bans: Iterable, ipv6_prefix: int = 64) -> dict:
+    """(ip, expires_ns) pairs as the bans map holds them: {key: expires_ns}."""
+    table = {}
+    for ip, expires_ns in bans:
+        a = ipaddress.ip_address(ip)
+        table[source_key(addr16(a), a.version == 6, ipv6_prefix)] = expires_ns
+    return table
+
+
+def bound_table(bindings: dict) -> dict:
+    """The addresses of a binding_table() with the latest expiry at each: what
+    the controller keeps in the bound map."""
+    table: dict[bytes, int] = {}
+    for (_, _, addr), expires_ns in bindings.items():
+        table[addr] = max(expires_ns, table.get(addr, 0))
+    return table
+
+
+def _rate_class(buf: _Payload, first: int) -> str | None:
+    """The rate class of the message whose first word is at `first`: INVITE
+    or REGISTER exactly, followed by SP or HT; None for a response ("SIP/",
+    any case); "other" for any other request and for what is not SIP."""
+    if buf.span(first, 6) == b"INVITE" and buf[first + 6] in (SP, HT):
+        return "invite"
+    if buf.span(first, 8) == b"REGISTER" and buf[first + 8] in (SP, HT):
+        return "register"
+    if lower(buf.span(first, 3)) == b"sip" and buf[first + 3] == ord("/"):
+        return None
+    return "other"
+
+
+class RateLimiter:
+    """The token buckets of the rate limits, as the XDP program keeps them:
+    one time per (source key, class), a GCRA. limits: {class: (per second,
+    burst)}, 0 a second unlimited."""
+
+    def __init__(self, limits: dict, ipv6_prefix: int = 64):
+        self.limits = policy.rate_limits(limits)
+        self.ipv6_prefix = ipv6_prefix
+        self.tat: dict[tuple[bytes, str], int] = {}
+
+    def over(self, saddr: bytes, ipv6: bool, cls: str, now_ns: int) -> bool:
+        rate, burst = self.limits[cls]
+        if not rate:
+            return False
+        interval = round(1e9 / rate)
+        key = (source_key(saddr, ipv6, self.ipv6_prefix), cls)
+        if key not in self.tat:
+            self.tat[key] = now_ns + interval
+            return False
+        t = max(self.tat[key], now_ns)
+        if t - now_ns > (burst - 1) * interval:
+            return True
+        self.tat[key] = t + interval
+        return False
+
+
 # -- §2 to §7 Payload ------------------------------------------------------
 
 class _Config:
@@ -249,6 +324,7 @@ class _Classifier:
         self.cfg = cfg
         self.dgram = dgram
         self.key: tuple[bytes, bytes] | None = None
+        self.rate_class: str | None = None  # §2.2: set once the request line is found
 
     def unfinished(self) -> str:
         if self.dgram.first_fragment:
@@ -294,6 +370,7 @@ class _Classifier:
             raise _Stop(self.unfinished() if self.more else "method_not_guarded")
         if first == consts.LEADING_MAX:
             raise _Stop("too_many_empty_lines")
+        self.rate_class = _rate_class(buf, first)
         for m in self.cfg.methods:
             if buf.span(first, len(m)) == m and buf[first + len(m)] in (SP, HT):
                 return first
@@ -531,13 +608,20 @@ def binding_table(bindings: Iterable) -> dict:
 
 def classify_reason(frame: bytes, *, methods=("INVITE",), fragments="verdict",
                     ports=(5060,), trusted=(), bindings=(), now_ns: int | None = None,
-                    scan_max: int = consts.SCAN_MAX):
+                    scan_max: int = consts.SCAN_MAX, bans=(), bound=None,
+                    ipv6_prefix: int = 64, limiter: RateLimiter | None = None):
     """The reason (a word of SPEC_REASONS) and the last binding key looked
-    up, (user, realm) lower-cased bytes, or None."""
+    up, (user, realm) lower-cased bytes, or None.
+
+    bans: (ip, expires_ns) pairs or a ban_table(); bound: {addr16:
+    expires_ns}, by default bound_table() of the bindings (what the
+    controller keeps); limiter: the rate limits' buckets, kept across calls
+    (None: no rate limits)."""
     if now_ns is None:
         now_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
     fragments = policy.fragments(fragments)  # the config's check: a ValueError
     table = bindings if isinstance(bindings, dict) else binding_table(bindings)
+    banned = bans if isinstance(bans, dict) else ban_table(bans, ipv6_prefix)
     cfg = _Config(methods, fragments, scan_max, table, now_ns)
     try:
         dgram = _parse_frame(bytes(frame))
@@ -547,15 +631,28 @@ def classify_reason(frame: bytes, *, methods=("INVITE",), fragments="verdict",
         return "port_not_guarded", None
     if _in_trusted(dgram.saddr, trusted):
         return "trusted", None
+    # a ban: every packet to a guarded port, before its payload is read
+    if banned.get(source_key(dgram.saddr, dgram.ipv6, ipv6_prefix), 0) > now_ns:
+        return "banned", None
+    if dgram.tcp:
+        return "not_udp", None
     c = _Classifier(cfg, dgram)
     reason = c.run()
+    # a request the policy passes may be one of a flood (no credentials, or
+    # a method not guarded), unless its source holds a binding
+    if reason in ("no_credentials", "method_not_guarded") and c.rate_class \
+            and limiter is not None:
+        held = (bound_table(table) if bound is None else bound).get(dgram.saddr, 0)
+        if held <= now_ns and limiter.over(dgram.saddr, dgram.ipv6, c.rate_class, now_ns):
+            reason = "rate_limited"
     return reason, c.key
 
 
 def classify(frame: bytes, *, mode: str = "enforce", action: str = "drop",
              methods=("INVITE",), fragments: str = "verdict", ports=(5060,),
              trusted=(), bindings=(), now_ns: int | None = None,
-             scan_max: int = consts.SCAN_MAX) -> Verdict:
+             scan_max: int = consts.SCAN_MAX, bans=(), bound=None, ipv6_prefix: int = 64,
+             limiter: RateLimiter | None = None) -> Verdict:
     """What the XDP program decides for frame (§1-§8 of docs/classifier.md).
 
     bindings are (user, realm, ip, expires_ns) tuples (or a binding_table());
@@ -564,7 +661,8 @@ def classify(frame: bytes, *, mode: str = "enforce", action: str = "drop",
     mode, action = policy.mode(mode), policy.action(action)  # the config's checks
     reason, key = classify_reason(frame, methods=methods, fragments=fragments, ports=ports,
                                   trusted=trusted, bindings=bindings, now_ns=now_ns,
-                                  scan_max=scan_max)
+                                  scan_max=scan_max, bans=bans, bound=bound,
+                                  ipv6_prefix=ipv6_prefix, limiter=limiter)
     # user and realm: the key that decided bound / not_bound / expired (for
     # bound with several headers the last one's), else None.
     user = realm = None
@@ -574,7 +672,8 @@ def classify(frame: bytes, *, mode: str = "enforce", action: str = "drop",
     if not consts.is_verdict(reason):
         act = would = "pass"
     else:
-        would = "mark" if action == "reject" else "drop"
+        # a flood is dropped, never rejected
+        would = "mark" if action == "reject" and not consts.is_flood(reason) else "drop"
         act = would if mode == "enforce" else "pass"
     return Verdict(action=act, reason=reason, would=would, user=user, realm=realm,
                    retval=XDP_DROP if act == "drop" else XDP_PASS)

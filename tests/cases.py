@@ -54,12 +54,15 @@ class Case:
     config: dict = field(default_factory=dict)
     program: str = "default"  # or "small": built with -DNFG_SCAN_MAX=1024
     note: str = ""
+    bans: tuple = ()  # (ip, expires_in seconds or None: until lifted)
+    before: tuple = ()  # frames run first (rate limits: they fill the buckets)
 
     def expected(self) -> dict:
         mode = self.config.get("mode", "enforce")
         act = self.config.get("action", "drop")
         if consts.is_verdict(self.reason):
-            would = "mark" if act == "reject" else "drop"
+            # a flood is dropped, never rejected
+            would = "mark" if act == "reject" and not consts.is_flood(self.reason) else "drop"
             action = would if mode == "enforce" else "pass"
         else:
             would = action = "pass"
@@ -141,6 +144,18 @@ def v4(payload_l4: bytes, proto=17, src=SRC, **kw) -> bytes:
 
 def v6(payload_l4: bytes, nexthdr=17, src=SRC6, **kw) -> bytes:
     return P.ip_frame(src, DST6, nexthdr, payload_l4, **kw)
+
+
+def tcp_header(dport=5060, sport=40000, flags=0x02) -> bytes:
+    """A 20-byte TCP header (a SYN by default); checksum left zero: XDP
+    does not check it."""
+    return (sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + b"\0\0\0\1" + b"\0" * 4
+            + bytes([0x50, flags]) + b"\xff\xff" + b"\0\0\0\0")
+
+
+def tcp(payload: bytes = b"", src=OTHER, dport=5060, **kw) -> bytes:
+    """A TCP segment to dport (IPv4 or IPv6 by src)."""
+    return (v6 if ":" in src else v4)(tcp_header(dport) + payload, 6, src=src, **kw)
 
 
 def first_fragment(payload: bytes, first_size: int, src=SRC, extra: bytes = b"",
@@ -1041,7 +1056,10 @@ case("v6_ext_seven_limit_no_credentials",
      frame(msg(), src=OTHER6, ext_headers=[60, 60, 60, 60, 60, 60, 60]), "ext_header_limit")
 case("v6_ext_six_then_fragment_limit",
      frame(msg(), src=OTHER6, ext_headers=[0, 60, 60, 60, 60, 60, 44]), "ext_header_limit")
-case("v6_ext_then_tcp", v6(b"\0" * 40, nexthdr=6, src=OTHER6, ext_headers=[0]), "not_udp")
+case("v6_ext_then_tcp", v6(tcp_header() + b"\0" * 20, nexthdr=6, src=OTHER6, ext_headers=[0]),
+     "not_udp")
+case("v6_ext_then_tcp_port_not_guarded",
+     v6(tcp_header(dport=443), nexthdr=6, src=OTHER6, ext_headers=[0]), "port_not_guarded")
 case("v6_ext_truncated", P.ethernet(P.ETH_P_IPV6, P.ipv6(OTHER6, DST6, 0, b"")), "not_ip")
 case("v6_ext_truncated_one_byte", P.ethernet(P.ETH_P_IPV6, P.ipv6(OTHER6, DST6, 43, b"\x11")),
      "not_ip")
@@ -1050,7 +1068,9 @@ case("v6_fragment_header_truncated",
 case("v6_ext_pointing_past_frame", P.ethernet(P.ETH_P_IPV6, P.ipv6(OTHER6, DST6, 60,
      bytes([17, 10]) + b"\0" * 6)), "not_udp")
 case("v6_no_next_header", v6(b"\0" * 16, nexthdr=59, src=OTHER6), "not_udp")
-case("v6_tcp", v6(b"\0" * 40, nexthdr=6, src=OTHER6), "not_udp")
+case("v6_tcp", v6(tcp_header() + b"\0" * 20, nexthdr=6, src=OTHER6), "not_udp")
+case("v6_tcp_port_not_guarded", v6(b"\0" * 40, nexthdr=6, src=OTHER6), "port_not_guarded",
+     note="a TCP header of zeros: destination port 0")
 case("v6_esp", v6(b"\0" * 40, nexthdr=50, src=OTHER6), "not_udp")
 case("v6_header_truncated", P.ethernet(P.ETH_P_IPV6, P.ipv6(OTHER6, DST6, 17, b"")[:30]),
      "not_ip")
@@ -1085,7 +1105,11 @@ case("ipv4_ihl_past_frame", P.ethernet(P.ETH_P_IP, b"\x4f" + P.ipv4(OTHER, DST, 
 case("ipv4_wrong_version", P.ethernet(P.ETH_P_IP, b"\x65" + P.ipv4(OTHER, DST, 17,
      P.udp_datagram(OTHER, DST, msg(pa())))[1:]), "not_ip")
 case("ipv4_header_truncated", P.ethernet(P.ETH_P_IP, P.ipv4(OTHER, DST, 17, b"")[:12]), "not_ip")
-case("ipv4_tcp", v4(b"\0" * 20 + msg(pa()), proto=6, src=OTHER), "not_udp")
+case("ipv4_tcp", v4(tcp_header() + msg(pa()), proto=6, src=OTHER), "not_udp",
+     note="TCP to a guarded port passes XDP unjudged (docs/design.md §2.1: its stream is)")
+case("ipv4_tcp_port_not_guarded", v4(b"\0" * 20 + msg(pa()), proto=6, src=OTHER),
+     "port_not_guarded")
+case("ipv4_tcp_header_truncated", v4(tcp_header()[:6], proto=6, src=OTHER), "not_udp")
 case("ipv4_icmp", v4(b"\x08\0\0\0\0\0\0\0", proto=1, src=OTHER), "not_udp")
 case("ipv4_udp_header_truncated", v4(b"\x13\xc4\x13\xc4", src=OTHER), "not_udp")
 case("arp", P.ethernet(0x0806, b"\0" * 28), "not_ip")
@@ -1174,6 +1198,112 @@ case("small_exact_scan_max_with_leading_empty_lines",
           "the mask wraps to buf[0], here leading CR LF: 16 LWS -> credential_ambiguous")
 case("small_large_frame_credential_near_limit",
      frame(pad_to(SMALL - 4, pa()) + b"\r\n\r\n", src=OTHER), "not_bound", program="small", **UR)
+
+
+# 30. Bans (docs/design.md §2.2): every packet of a banned source to a guarded
+# port, UDP or TCP, before its payload is read -----------------------------------------
+BANNED = ((OTHER, None),)
+BANNED6 = ((OTHER6, None),)
+OTHER6_SAME64 = "2001:db8:bad::99"  # OTHER6's /64
+OTHER6_NEXT64 = "2001:db8:bad:1::66"
+case("banned_invite_with_credentials", f_inv(pa(), src=OTHER), "banned", bans=BANNED)
+case("banned_invite_without_credentials", f_inv(src=OTHER), "banned", bans=BANNED)
+case("banned_register", f_inv(pa(), src=OTHER, method="REGISTER"), "banned", bans=BANNED)
+case("banned_junk_payload", frame(b"\xff" * 64, src=OTHER), "banned", bans=BANNED,
+     note="the payload is never read")
+case("banned_empty_datagram", frame(b"", src=OTHER), "banned", bans=BANNED)
+case("banned_tcp_syn", tcp(src=OTHER), "banned", bans=BANNED)
+case("banned_tcp_with_invite", tcp(msg(pa()), src=OTHER), "banned", bans=BANNED)
+case("banned_tcp_v6", tcp(src=OTHER6), "banned", bans=BANNED6)
+case("banned_port_not_guarded", f_inv(pa(), src=OTHER, frame_kw={"dport": 5061}),
+     "port_not_guarded", bans=BANNED, note="a ban covers the guarded ports only")
+case("banned_tcp_port_not_guarded", tcp(src=OTHER, dport=22), "port_not_guarded", bans=BANNED)
+case("banned_monitor", f_inv(pa(), src=OTHER), "banned", bans=BANNED,
+     config={"mode": "monitor"})
+case("banned_reject_action_drops", f_inv(pa(), src=OTHER), "banned", bans=BANNED,
+     config={"action": "reject"}, note="a flood is dropped: a reject would answer each packet")
+case("banned_expired", f_inv(src=OTHER), "no_credentials", bans=((OTHER, -1),),
+     note="the program checks the expiry itself")
+case("banned_other_address", f_inv(pa()), "bound", bans=BANNED, bindings=BOUND, **UR)
+case("banned_trusted_wins", f_inv(pa(), src=OTHER), "trusted", bans=BANNED,
+     trusted=("198.51.100.0/24",), note="trusted networks are checked first")
+case("banned_bound_address", f_inv(pa()), "banned", bans=((SRC, None),), bindings=BOUND,
+     note="the kernel obeys a ban; the controller never bans a bound address")
+case("banned_v6_prefix", f_inv(pa(), src=OTHER6_SAME64), "banned", bans=BANNED6,
+     note="an IPv6 ban covers the /64 (the default ipv6_prefix)")
+case("banned_v6_next_prefix", f_inv(src=OTHER6_NEXT64), "no_credentials", bans=BANNED6)
+case("banned_v6_prefix_128_exact", f_inv(src=OTHER6_SAME64), "no_credentials", bans=BANNED6,
+     config={"ipv6_prefix": 128})
+case("banned_v6_prefix_128_same", f_inv(src=OTHER6), "banned", bans=BANNED6,
+     config={"ipv6_prefix": 128})
+case("banned_v6_prefix_48", f_inv(src=OTHER6_NEXT64), "banned", bans=BANNED6,
+     config={"ipv6_prefix": 48})
+case("banned_v4_neighbour", f_inv(src="198.51.100.8"), "no_credentials", bans=BANNED,
+     note="IPv4 bans are one address")
+case("banned_fragment_first", first_fragment(msg(pa()), 64, src=OTHER), "banned", bans=BANNED)
+case("banned_later_fragment_passes", v4(b"\0" * 64, src=OTHER, frag=(1480, False)),
+     "later_fragment", bans=BANNED, note="no UDP header: the first fragment was dropped")
+
+# 31. Rate limits: requests from sources neither trusted nor bound -----------------------------
+SLOW = 0.001  # one request per 1,000 s: no bucket refills during a test
+
+
+def limits(**per_class) -> dict:
+    return {"rate_limits": {cls: (SLOW, burst) for cls, burst in per_class.items()}}
+
+
+INV2 = limits(invite=2)
+case("rate_invite_within_burst", f_inv(src=OTHER), "no_credentials", config=INV2,
+     before=(f_inv(src=OTHER),))
+case("rate_invite_over_burst", f_inv(src=OTHER), "rate_limited", config=INV2,
+     before=(f_inv(src=OTHER),) * 2)
+case("rate_invite_over_burst_monitor", f_inv(src=OTHER), "rate_limited",
+     config={**INV2, "mode": "monitor"}, before=(f_inv(src=OTHER),) * 2)
+case("rate_invite_over_burst_reject_drops", f_inv(src=OTHER), "rate_limited",
+     config={**INV2, "action": "reject"}, before=(f_inv(src=OTHER),) * 2)
+case("rate_credentials_not_bound_stays_verdict", f_inv(pa(), src=OTHER), "not_bound",
+     config=INV2, before=(f_inv(src=OTHER),) * 2, **UR,
+     note="a verdict already: the credential check decides")
+case("rate_bound_address_never_limited", f_inv(), "no_credentials", config=INV2,
+     bindings=BOUND, before=(f_inv(),) * 3)
+case("rate_bound_address_register_never_limited", f_inv(method="REGISTER"),
+     "method_not_guarded", config=limits(register=1), bindings=BOUND,
+     before=(f_inv(method="REGISTER"),) * 3)
+case("rate_expired_binding_limited", f_inv(), "rate_limited", config=INV2,
+     bindings=(bind(expires_in=-1),), before=(f_inv(),) * 2,
+     note="an expired binding is no binding")
+case("rate_bound_elsewhere_limited", f_inv(src=OTHER), "rate_limited", config=INV2,
+     bindings=BOUND, before=(f_inv(src=OTHER),) * 2)
+case("rate_trusted_never_limited", f_inv(src=OTHER), "trusted", config=INV2,
+     trusted=("198.51.100.0/24",), before=(f_inv(src=OTHER),) * 3)
+case("rate_register_over_burst", f_inv(pa(), src=OTHER, method="REGISTER"), "rate_limited",
+     config=limits(register=2), before=(f_inv(pa(), src=OTHER, method="REGISTER"),) * 2)
+case("rate_classes_have_their_own_buckets", f_inv(src=OTHER, method="REGISTER"),
+     "method_not_guarded", config=limits(invite=1, register=1), before=(f_inv(src=OTHER),) * 2)
+case("rate_other_options", f_inv(src=OTHER, method="OPTIONS"), "rate_limited",
+     config=limits(other=1), before=(f_inv(src=OTHER, method="BYE"),))
+case("rate_other_junk", frame(b"\x16\x03\x01 hello", src=OTHER), "rate_limited",
+     config=limits(other=1), before=(frame(b"GET / HTTP/1.0\r\n\r\n", src=OTHER),),
+     note="what is not SIP is limited as other requests")
+case("rate_invite_lower_case_is_other", frame(msg(request_line="invite sip:x SIP/2.0"),
+     src=OTHER), "rate_limited", config=limits(other=1, invite=100),
+     before=(f_inv(src=OTHER, method="OPTIONS"),))
+case("rate_response_never_limited", frame(b"SIP/2.0 200 OK\r\n\r\n", src=OTHER),
+     "method_not_guarded", config=limits(other=1),
+     before=(frame(b"sip/2.0 180 Ringing\r\n\r\n", src=OTHER),) * 2)
+case("rate_keepalive_never_limited", frame(b"\r\n\r\n", src=OTHER), "method_not_guarded",
+     config=limits(other=1), before=(frame(b"\r\n\r\n", src=OTHER),) * 2)
+case("rate_sources_have_their_own_buckets", f_inv(src="198.51.100.8"), "no_credentials",
+     config=INV2, before=(f_inv(src=OTHER),) * 2)
+case("rate_v6_prefix_shares_a_bucket", f_inv(src=OTHER6_SAME64), "rate_limited", config=INV2,
+     before=(f_inv(src=OTHER6),) * 2)
+case("rate_v6_next_prefix_own_bucket", f_inv(src=OTHER6_NEXT64), "no_credentials",
+     config=INV2, before=(f_inv(src=OTHER6),) * 2)
+case("rate_v6_bound_exact_address_only", f_inv(src=OTHER6_SAME64), "rate_limited",
+     config=INV2, bindings=(bind(ip=OTHER6),), before=(f_inv(src=OTHER6_SAME64),) * 2,
+     note="bound is the exact address; the bucket is the /64's")
+case("rate_unlimited_class", f_inv(src=OTHER), "no_credentials",
+     config={"rate_limits": {"invite": (0, 1)}}, before=(f_inv(src=OTHER),) * 5)
 
 
 def by_name() -> dict[str, Case]:

@@ -84,10 +84,12 @@ def program():
 @pytest.fixture
 def prog(program):
     """The session's program with default state: enforce/drop, INVITE on
-    5060, no bindings, no trusted networks, counters zero."""
+    5060, no bindings, no trusted networks, no bans, empty rate buckets (no
+    rate limits), counters zero."""
     program.configure(mode="enforce", action="drop")
     program.set_ports([5060])
     program.clear_bindings()
+    program.clear_floods()
     for cidr in program.trusted():
         program.remove_trusted(cidr)
     program.reset_counters()

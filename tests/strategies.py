@@ -58,17 +58,37 @@ class Case:
     # (user, realm, ip, offset from now in ns): the expiry is now + offset
     bindings: list = field(default_factory=list)
     note: str = ""
+    # floods (docs/design.md §2.2): (ip, offset from now in ns) bans, the rate
+    # limits (None: none), and how often the frame is sent before the run
+    # that is judged (it fills its bucket)
+    bans: list = field(default_factory=list)
+    rate_limits: dict | None = None
+    repeat: int = 0
+    ipv6_prefix: int = 64
 
     def ref_kwargs(self, now: int, scan_max: int) -> dict:
         return dict(mode=self.mode, action=self.action, methods=self.methods,
                     fragments=self.fragments, ports=self.ports, trusted=self.trusted,
                     bindings=[(u, r, ip, now + off) for u, r, ip, off in self.bindings],
-                    now_ns=now, scan_max=scan_max)
+                    bans=[(ip, now + off) for ip, off in self.bans],
+                    ipv6_prefix=self.ipv6_prefix, now_ns=now, scan_max=scan_max)
+
+    def reference_verdict(self, now: int, scan_max: int = consts.SCAN_MAX):
+        """The reference's verdict for the judged run, after `repeat` runs
+        through the same buckets."""
+        kw = self.ref_kwargs(now, scan_max)
+        if self.rate_limits is not None:
+            kw["limiter"] = reference.RateLimiter(self.rate_limits, self.ipv6_prefix)
+        for _ in range(self.repeat):
+            reference.classify(self.frame, **kw)
+        return reference.classify(self.frame, **kw)
 
     def __repr__(self) -> str:  # what hypothesis prints for a falsifying example
         return (f"Case(frame={self.frame!r},\n mode={self.mode!r}, action={self.action!r}, "
                 f"methods={self.methods!r}, fragments={self.fragments!r}, ports={self.ports!r},"
-                f"\n trusted={self.trusted!r},\n bindings={self.bindings!r}, note={self.note!r})")
+                f"\n trusted={self.trusted!r},\n bindings={self.bindings!r}, note={self.note!r},"
+                f"\n bans={self.bans!r}, rate_limits={self.rate_limits!r}, "
+                f"repeat={self.repeat}, ipv6_prefix={self.ipv6_prefix})")
 
 
 
@@ -603,6 +623,31 @@ def configs(draw, case: Case, src: str) -> Case:
     if rarely(draw, 11):
         case.trusted = tuple(draw(st.lists(st.sampled_from(TRUSTED_POOL), min_size=1,
                                            max_size=3, unique=True)))
+    return draw(floods(case, src))
+
+
+# A rate no bucket refills at while a test runs: one request per 1,000 s.
+SLOW_RATE = 0.001
+BAN_POOL_V4 = ["192.0.2.11", "203.0.113.5"]
+BAN_POOL_V6 = ["2001:db8::99", "2001:db8:0:1::10", "::ffff:192.0.2.10"]
+
+
+@st.composite
+def floods(draw, case: Case, src: str) -> Case:
+    """Bans (of the source, a neighbour, its /64, or expired) and rate
+    limits with the frame repeated into its bucket, now and then."""
+    if rarely(draw, 5):
+        pool = [src] * 3 + BAN_POOL_V4 + BAN_POOL_V6
+        case.bans = [(draw(st.sampled_from(pool)), draw(pick(HOUR, -HOUR, weight=3)))
+                     for _ in range(draw(st.integers(1, 2)))]
+    if rarely(draw, 4):
+        classes = draw(st.lists(st.sampled_from(list(consts.RATE_CLASSES)), min_size=1,
+                                unique=True))
+        case.rate_limits = {c: (draw(pick(SLOW_RATE, 0.0, weight=5)), draw(st.integers(1, 3)))
+                            for c in classes}
+        case.repeat = draw(st.integers(0, 4))
+    if rarely(draw, 6):
+        case.ipv6_prefix = draw(st.sampled_from([48, 56, 128]))
     return case
 
 
@@ -643,7 +688,16 @@ def fragment_cases(draw) -> Case:
 @st.composite
 def junk_cases(draw) -> Case:
     """Non-SIP payloads and odd frames."""
-    kind = draw(st.sampled_from(["payload", "payload", "frame"]))
+    kind = draw(st.sampled_from(["payload", "payload", "frame", "tcp"]))
+    if kind == "tcp":
+        w = draw(wrapper(plain=True))
+        dst = DST_V6 if ":" in w.src else DST_V4
+        header = struct.pack("!HHIIBBHHH", 40000, draw(pick(5060, 5080, 22)), 1, 0, 0x50,
+                             0x02, 0xFFFF, 0, 0)
+        body = draw(st.one_of(st.just(b""), NON_SIP))
+        frame = packets.ip_frame(w.src, dst, 6, header[:draw(pick(20, 6))] + body)
+        case = Case(frame=frame, note=f"tcp {w.src}")
+        return draw(configs(case, w.src))
     if kind == "payload":
         w = draw(wrapper())
         case = Case(frame=build_frame(draw(NON_SIP), w), note=f"{w}")
@@ -685,8 +739,7 @@ SETTINGS = dict(
 
 
 def ref_reason(case: Case, scan_max: int = consts.SCAN_MAX) -> str:
-    now = now_ns()
-    return reference.classify(case.frame, **case.ref_kwargs(now, scan_max)).reason
+    return case.reference_verdict(now_ns(), scan_max).reason
 
 
 # ---------------------------------------------------------------------------

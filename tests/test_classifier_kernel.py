@@ -23,6 +23,7 @@ import time
 import pytest
 
 from nfguard import consts
+from nfguard.kernel.program import NO_EXPIRY, boottime_ns
 
 from cases import ANY, CASES, OTHER, OTHER6, SRC, Case, R, U, f_inv, frame, msg, pa
 from conftest import need_kernel
@@ -38,6 +39,7 @@ def reset(p) -> None:
     p.configure(mode="enforce", action="drop")
     p.set_ports([5060])
     p.clear_bindings()
+    p.clear_floods()
     for cidr in p.trusted():
         p.remove_trusted(cidr)
     p.reset_counters()
@@ -67,8 +69,17 @@ def setup_case(p, case: Case) -> None:
         p.set_ports(list(case.ports))
     for cidr in case.trusted:
         p.add_trusted(cidr)
+    now = boottime_ns()
+    latest: dict[str, int] = {}  # the bound map, as the controller keeps it
     for user, realm, ip, expires_in in case.bindings:
-        p.add_binding(user, realm, ip, expires_in=expires_in)
+        expires_ns = NO_EXPIRY if expires_in is None else now + int(expires_in * 1e9)
+        p.add_binding(user, realm, ip, expires_ns=expires_ns)
+        latest[ip] = max(expires_ns, latest.get(ip, 0))
+    p.update_bound(latest.items())
+    for ip, expires_in in case.bans:
+        p.set_ban(ip, NO_EXPIRY if expires_in is None else now + int(expires_in * 1e9))
+    for f in case.before:
+        p.test_run(f)
     p.reset_counters()
 
 
@@ -130,7 +141,8 @@ def test_counters_count_each_reason(prog):
     firsts: dict[str, Case] = {}
     for c in CASES:
         if c.program == "default" and c.reason not in firsts and not c.bindings \
-                and not c.trusted and c.ports is None and not c.config and not c.note:
+                and not c.trusted and c.ports is None and not c.config and not c.note \
+                and not c.bans and not c.before:
             firsts[c.reason] = c
     want = collections.Counter()
     for _ in range(2):
@@ -138,14 +150,22 @@ def test_counters_count_each_reason(prog):
             v = prog.test_run(c.frame)
             assert v.reason == reason, c.name
             want[reason] += 1
-    # Reasons needing set-up: bound, trusted, expired, fragment_passed.
+    # Reasons needing set-up: bound, trusted, expired, banned, rate_limited.
     prog.add_binding(U, R, SRC)
     prog.add_binding(U, R, OTHER, expires_in=-5)
     prog.add_trusted("203.0.113.0/24")
+    prog.set_ban("203.0.113.77", NO_EXPIRY)  # inside the trusted network: trusted wins
+    prog.set_ban("198.51.100.99", NO_EXPIRY)
     assert prog.test_run(f_inv(pa())).reason == "bound"
     assert prog.test_run(f_inv(pa(), src=OTHER)).reason == "expired"
     assert prog.test_run(f_inv(pa(), src="203.0.113.5")).reason == "trusted"
-    want.update(["bound", "expired", "trusted"])
+    assert prog.test_run(f_inv(src="203.0.113.77")).reason == "trusted"
+    assert prog.test_run(f_inv(src="198.51.100.99")).reason == "banned"
+    prog.configure(mode="enforce", rate_limits={"invite": (0.001, 1)})
+    assert prog.test_run(f_inv(src="198.51.100.98")).reason == "no_credentials"
+    assert prog.test_run(f_inv(src="198.51.100.98")).reason == "rate_limited"
+    want.update(["bound", "expired", "trusted", "trusted", "banned", "no_credentials",
+                 "rate_limited"])
     got = prog.counters()
     assert {k: n for k, n in got.items() if n} == dict(want)
 

@@ -34,7 +34,8 @@ def test_limits_match():
 
 
 def test_map_sizes_and_layout_version_match():
-    for name in ["LAYOUT_VERSION", "BINDINGS_MAX", "TRUSTED_MAX", "PORT_WORDS"]:
+    for name in ["LAYOUT_VERSION", "BINDINGS_MAX", "TRUSTED_MAX", "BANS_MAX", "BUCKETS_MAX",
+                 "PORT_WORDS"]:
         assert getattr(consts, name) == _define(name), name
 
 
@@ -52,8 +53,14 @@ def test_no_bare_limits_in_the_c():
 def test_modes_actions_and_marks_match():
     for name in ["MODE_MONITOR", "MODE_ENFORCE", "ACTION_DROP", "ACTION_REJECT",
                  "FRAG_VERDICT", "FRAG_PASS", "ACT_PASS", "ACT_DROP", "ACT_MARK",
-                 "META_MAGIC", "DEFAULT_REJECT_MARK"]:
+                 "META_MAGIC", "DEFAULT_REJECT_MARK", "RC_COUNT", "RC_NONE", "BAN_MANUAL"]:
         assert getattr(consts, name) == _define(name), name
+
+
+def test_rate_classes_match():
+    for cls, index in consts.RATE_CLASSES.items():
+        assert _define(f"RC_{cls.upper()}") == index, cls
+    assert len(consts.RATE_CLASSES) == consts.RC_COUNT
 
 
 def test_method_bits_match():
@@ -82,6 +89,7 @@ def test_reasons_match_enum_values():
         assert values[name.upper()] == i, name
     assert values["COUNT"] == len(consts.REASONS)
     assert values["FIRST_VERDICT"] == consts.FIRST_VERDICT == consts.REASON_IDS["not_bound"]
+    assert values["FIRST_FLOOD"] == consts.FIRST_FLOOD == consts.REASON_IDS["banned"]
 
 
 def test_methods_mask():

@@ -37,22 +37,31 @@ from strategies import (
 def apply_case(prog, case: Case, now: int) -> None:
     """Put the program in the state the case describes."""
     prog.configure(mode=case.mode, action=case.action, methods=case.methods,
-                   fragments=case.fragments)
+                   fragments=case.fragments, ipv6_prefix=case.ipv6_prefix,
+                   rate_limits=case.rate_limits)
     prog.set_ports(list(case.ports))
     prog.clear_bindings()
+    prog.clear_floods()
     for cidr in prog.trusted():
         prog.remove_trusted(cidr)
     for cidr in case.trusted:
         prog.add_trusted(cidr)
+    latest: dict[str, int] = {}  # the bound map, as the controller keeps it
     for user, realm, ip, off in case.bindings:
         prog.add_binding(user, realm, ip, expires_ns=now + off)
+        latest[ip] = max(now + off, latest.get(ip, 0))
+    prog.update_bound(latest.items())
+    for ip, off in case.bans:
+        prog.set_ban(ip, now + off)
 
 
 def run_both(prog, case: Case, scan_max: int = consts.SCAN_MAX):
     now = now_ns()
     apply_case(prog, case, now)
+    for _ in range(case.repeat):
+        prog.test_run(case.frame)
     kernel = prog.test_run(case.frame)
-    ref = reference.classify(case.frame, **case.ref_kwargs(now, scan_max))
+    ref = case.reference_verdict(now, scan_max)
     return kernel, ref
 
 
@@ -170,3 +179,39 @@ def test_two_fragment_headers(prog, m1, m2, fragments):
         kernel, refv = run_both(prog, Case(frame=two_fragment_headers(payload, m1, m2),
                                            fragments=fragments))
         assert kernel == refv, (payload, kernel, refv)
+
+
+# ---------------------------------------------------------------------------
+# The flood rows of the kernel table (bans, rate limits): kernel == reference
+# ---------------------------------------------------------------------------
+def _table_rows():
+    from cases import CASES
+
+    return [c for c in CASES if c.bans or c.before or "rate_limits" in c.config
+            or "ipv6_prefix" in c.config]
+
+
+def _ns(now: int, expires_in) -> int:
+    return (1 << 64) - 1 if expires_in is None else now + int(expires_in * 1e9)
+
+
+@pytest.mark.parametrize("row", _table_rows(), ids=lambda c: c.name)
+def test_table_flood_rows(prog, row):
+    from test_classifier_kernel import setup_case
+
+    now = now_ns()
+    setup_case(prog, row)  # runs row.before through the kernel
+    kernel = prog.test_run(row.frame)
+    cfg = {"mode": "enforce", "action": "drop", **row.config}
+    prefix = cfg.get("ipv6_prefix", 64)
+    limits = cfg.get("rate_limits")
+    kw = dict(mode=cfg["mode"], action=cfg["action"], trusted=row.trusted,
+              bindings=[(u, r, ip, _ns(now, e)) for u, r, ip, e in row.bindings],
+              bans=[(ip, _ns(now, e)) for ip, e in row.bans], ipv6_prefix=prefix, now_ns=now,
+              limiter=reference.RateLimiter(limits, prefix) if limits is not None else None)
+    for f in row.before:
+        reference.classify(f, **kw)
+    ref = reference.classify(row.frame, **kw)
+    assert (kernel.reason, kernel.action, kernel.would, kernel.retval) == \
+        (ref.reason, ref.action, ref.would, ref.retval) == \
+        (row.reason, *(row.expected()[k] for k in ("action", "would", "retval")))

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from nfguard import consts
 from nfguard import packets as P
 from nfguard.kernel import pins
 
@@ -67,7 +68,8 @@ def test_pins_of_the_same_build_are_reused(pin_dir):
 @pytest.mark.parametrize("cflags,differs", [
     (OLD_BINDING_LAYOUT, "bindings: hash, key 24 B, value 216 B, 131072 entries, "
                          "this build has hash, key 24 B, value 208 B"),
-    (["-DNFG_LAYOUT_VERSION=0"], "config: layout version 0, this build has 1"),
+    (["-DNFG_LAYOUT_VERSION=0"],
+     f"config: layout version 0, this build has {consts.LAYOUT_VERSION}"),
 ], ids=["binding value", "layout version"])
 def test_other_layout_is_refused_with_the_fix(pin_dir, cflags, differs):
     from nfguard.kernel.program import Program

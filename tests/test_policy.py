@@ -251,7 +251,9 @@ def test_program_takes_what_the_policy_accepts(prog):
                    fragments="pass", reject_mark=0xFFFFFFFF, events_per_sec=1_000_000)
     assert prog.config() == {"mode": "monitor", "action": "reject",
                              "methods": ["INVITE", "MESSAGE"], "fragments": "pass",
-                             "reject_mark": 0xFFFFFFFF, "events_per_sec": 1_000_000}
+                             "reject_mark": 0xFFFFFFFF, "events_per_sec": 1_000_000,
+                             "ipv6_prefix": 64,
+                             "rate_limits": dict.fromkeys(consts.RATE_CLASSES, (0.0, 1))}
     prog.set_ports(iter([5080, 1]))
     assert prog.ports() == [1, 5080]
     for cidr in ("10.0.0.0/255.0.0.0", "192.0.2.7", "2001:DB8::/32", "::/81",

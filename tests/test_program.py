@@ -70,14 +70,72 @@ def test_bad_address_is_rejected(prog):
 def test_configure_validates(prog):
     for kwargs in [dict(mode="block"), dict(action="refuse"), dict(fragments="maybe"),
                    dict(methods=["REGISTER"]), dict(methods=[]), dict(methods=["invite"]),
-                   dict(reject_mark=0)]:
+                   dict(reject_mark=0), dict(ipv6_prefix=0), dict(ipv6_prefix=129),
+                   dict(rate_limits={"flood": (1, 1)}), dict(rate_limits={"invite": (-1, 1)}),
+                   dict(rate_limits={"invite": (1, 0)}), dict(rate_limits={"invite": 5})]:
         with pytest.raises(ValueError):
             prog.configure(**kwargs)
     prog.configure(mode="monitor", action="reject", methods=["INVITE", "MESSAGE"],
-                   fragments="pass", reject_mark=7, events_per_sec=5)
+                   fragments="pass", reject_mark=7, events_per_sec=5, ipv6_prefix=56,
+                   rate_limits={"invite": (2.5, 10), "other": {"rate": 0, "burst": 1}})
     assert prog.config() == {"mode": "monitor", "action": "reject",
                              "methods": ["INVITE", "MESSAGE"], "fragments": "pass",
-                             "reject_mark": 7, "events_per_sec": 5}
+                             "reject_mark": 7, "events_per_sec": 5, "ipv6_prefix": 56,
+                             "rate_limits": {"invite": (2.5, 10), "register": (5.0, 40),
+                                             "other": (0.0, 1)}}
+
+
+def test_bans(prog):
+    from nfguard.kernel.program import NO_EXPIRY, Ban, boottime_ns
+
+    assert prog.ban_key("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert prog.set_ban("198.51.100.7", NO_EXPIRY) == "198.51.100.7"
+    soon = boottime_ns() + 10**9
+    assert prog.set_ban("2001:db8:1:2:3:4:5:6", soon, offenses=3, manual=True) \
+        == "2001:db8:1:2::/64"
+    assert sorted(prog.iter_bans()) == [
+        Ban("198.51.100.7", NO_EXPIRY, 1, False), Ban("2001:db8:1:2::/64", soon, 3, True)]
+    frame = P.udp_frame(INVITE, src="2001:db8:1:2::99", dst="2001:db8::1")
+    assert prog.test_run(frame).reason == "banned"
+    assert prog.lift_ban("2001:db8:1:2::/64")  # by key
+    assert not prog.lift_ban("2001:db8:1:2::5")  # gone already
+    assert prog.test_run(frame).reason == "not_bound"
+    assert prog.lift_ban("198.51.100.7")
+    assert list(prog.iter_bans()) == []
+    for bad in ("not-an-ip", "198.51.100.0/24x", ""):
+        with pytest.raises(ValueError):
+            prog.set_ban(bad, NO_EXPIRY)
+
+
+def test_ban_expires_in_the_kernel(prog):
+    import time
+
+    from nfguard.kernel.program import boottime_ns
+
+    frame = P.udp_frame(INVITE, src="198.51.100.7")
+    prog.set_ban("198.51.100.7", boottime_ns() + 300_000_000)
+    assert prog.test_run(frame).reason == "banned"
+    time.sleep(0.4)
+    assert prog.test_run(frame).reason == "not_bound"
+    assert len(list(prog.iter_bans())) == 1  # the entry stays: the controller counts offenses
+
+
+def test_bound_addresses(prog):
+    from nfguard.kernel.program import NO_EXPIRY, boottime_ns
+
+    prog.configure(mode="enforce", rate_limits={"invite": (0.001, 1)})
+    no_auth = P.udp_frame(P.sip_request(auth=""), src="192.0.2.50")
+    assert prog.test_run(no_auth).reason == "no_credentials"
+    assert prog.test_run(no_auth).reason == "rate_limited"
+    prog.update_bound([("192.0.2.50", NO_EXPIRY), ("2001:db8::7", NO_EXPIRY)])
+    assert prog.test_run(no_auth).reason == "no_credentials"
+    assert sorted(prog.iter_bound()) == [("192.0.2.50", NO_EXPIRY), ("2001:db8::7", NO_EXPIRY)]
+    # prune keeps only what it is given; an expired entry limits again
+    assert prog.update_bound([("192.0.2.50", boottime_ns() - 10**9)], prune=True) == 1
+    assert [ip for ip, _ in prog.iter_bound()] == ["192.0.2.50"]
+    assert prog.test_run(no_auth).reason == "rate_limited"
+    prog.update_bound(remove=["192.0.2.50"])
+    assert list(prog.iter_bound()) == []
 
 
 def test_ports(prog):

@@ -31,7 +31,9 @@ from nfguard.errors import NfguardError
 from nfguard.kernel.libbpf import pinned_map_info, pinned_map_lookup
 
 RETIRED = "retired"
-CONFIG_SIZE = 8 * 4 + 8  # struct nfg_config: eight __u32, then the hash seed
+# struct nfg_config: eight __u32, the hash seed, the IPv6 mask (two words),
+# then the rate limits: an interval and a slack per class
+CONFIG_SIZE = 8 * 4 + 8 + 2 * 8 + 2 * 8 * consts.RC_COUNT
 
 # BPF map types (include/uapi/linux/bpf.h)
 HASH, ARRAY, PERCPU_ARRAY, LPM_TRIE = 1, 2, 6, 11
@@ -77,6 +79,8 @@ def expected(cflags: Iterable[str] = ()) -> tuple[int, dict[str, MapLayout]]:
         "ports": MapLayout(ARRAY, 4, 8, consts.PORT_WORDS),
         "config": MapLayout(ARRAY, 4, CONFIG_SIZE, 1),
         "counters": MapLayout(PERCPU_ARRAY, 4, 8, len(consts.REASONS)),
+        "bans": MapLayout(HASH, 16, 8 + 4 + 4, consts.BANS_MAX),
+        "bound": MapLayout(HASH, 16, 8, consts.BINDINGS_MAX),
     }
 
 

@@ -17,8 +17,9 @@ import os
 import secrets
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from nfguard import consts, policy
 from nfguard.errors import CompileError, NfguardError
@@ -79,6 +80,40 @@ def addr_str(raw: bytes) -> str:
     if raw[:12] == _V4_MAPPED:
         return str(ipaddress.IPv4Address(raw[12:]))
     return str(ipaddress.IPv6Address(raw))
+
+
+def key_text(raw: bytes, ipv6_prefix: int) -> str:
+    """A ban key as text: an IPv4 address, or the IPv6 prefix
+    (2001:db8:1:2::/64; bare when the prefix is a whole address)."""
+    raw = bytes(raw)
+    if raw[:12] == _V4_MAPPED:
+        return addr_str(raw)
+    text = str(ipaddress.IPv6Address(raw))
+    return text if ipv6_prefix >= 128 else f"{text}/{ipv6_prefix}"
+
+
+def prefix_mask(bits: int) -> bytes:
+    return (((1 << 128) - 1) ^ ((1 << (128 - bits)) - 1)).to_bytes(16, "big")
+
+
+def _address(text: str) -> str:
+    """The one address an operator named; ValueError otherwise."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
+
+
+def _bound_key(bound_map, ip: str):
+    key = bound_map.Key()
+    key.addr[:] = list(addr_bytes(ip))
+    return key
+
+
+def _rate_limit(interval_ns: int, slack_ns: int) -> tuple[float, int]:
+    if not interval_ns:
+        return (0.0, 1)
+    return (round(1e9 / interval_ns, 6), slack_ns // interval_ns + 1)
 
 
 def boottime_ns() -> int:
@@ -185,6 +220,15 @@ def release_compiler_memory() -> dict:
     return {"trimmed": trimmed, "unmapped_kb": unmapped}
 
 
+class Ban(NamedTuple):
+    """One entry of the bans map."""
+
+    key: str  # an IPv4 address, or an IPv6 prefix (2001:db8:1:2::/64)
+    expires_ns: int  # CLOCK_BOOTTIME; NO_EXPIRY: until lifted
+    offenses: int
+    manual: bool
+
+
 @dataclass(frozen=True)
 class Binding:
     user: str
@@ -282,6 +326,8 @@ class Program:
         self._ports = self.bpf[b"ports"]
         self._config = self.bpf[b"config"]
         self._counters = self.bpf[b"counters"]
+        self._bans = self.bpf[b"bans"]
+        self._bound = self.bpf[b"bound"]
         self._scratch = self.bpf[b"scratch"]
         self._ring_open = False
         cfg = self._config[ctypes.c_uint32(0)]
@@ -306,7 +352,15 @@ class Program:
         fragments: str = "verdict",
         reject_mark: int = consts.DEFAULT_REJECT_MARK,
         events_per_sec: int = 100,
+        ipv6_prefix: int = 64,
+        rate_limits: Mapping[str, tuple[float, int]] | None = None,
     ) -> None:
+        """rate_limits: {class: (requests a second, burst)} for "invite",
+        "register" and "other" (policy.DEFAULT_RATE_LIMITS for a class not
+        given; 0 a second: unlimited). None: no rate limits at all, for
+        tests, replay and benches (the daemon passes the config's, whose
+        default is policy.DEFAULT_RATE_LIMITS). ipv6_prefix: the bits of an
+        IPv6 source that key its bans and buckets."""
         # the checks of the config file and replay (PolicyError, a ValueError)
         modes = {"monitor": consts.MODE_MONITOR, "enforce": consts.MODE_ENFORCE}
         actions = {"drop": consts.ACTION_DROP, "reject": consts.ACTION_REJECT}
@@ -317,6 +371,9 @@ class Program:
         mask = consts.methods_mask(policy.methods(methods))
         reject_mark = policy.reject_mark(reject_mark)
         events_per_sec = policy.events_per_sec(events_per_sec)
+        ipv6_prefix = policy.ipv6_prefix(ipv6_prefix)
+        limits = (dict.fromkeys(consts.RATE_CLASSES, (0.0, 1)) if rate_limits is None
+                  else policy.rate_limits(rate_limits))
         cfg = self._config[ctypes.c_uint32(0)]  # keeps cred_seed
         cfg.mode = modes[mode]
         cfg.action = actions[action]
@@ -324,6 +381,14 @@ class Program:
         cfg.fragments = frags[fragments]
         cfg.reject_mark = reject_mark
         cfg.events_per_sec = events_per_sec
+        cfg.ipv6_prefix = ipv6_prefix
+        mask = prefix_mask(ipv6_prefix)
+        cfg.v6_mask[0], cfg.v6_mask[1] = struct.unpack("<QQ", mask)
+        for cls, index in consts.RATE_CLASSES.items():
+            rate, burst = limits[cls]
+            interval = round(1e9 / rate) if rate else 0
+            cfg.rate_interval_ns[index] = interval
+            cfg.rate_slack_ns[index] = (burst - 1) * interval
         self._config[ctypes.c_uint32(0)] = cfg
 
     def config(self) -> dict:
@@ -335,6 +400,9 @@ class Program:
             "fragments": "pass" if c.fragments == consts.FRAG_PASS else "verdict",
             "reject_mark": c.reject_mark,
             "events_per_sec": c.events_per_sec,
+            "ipv6_prefix": c.ipv6_prefix,
+            "rate_limits": {cls: _rate_limit(c.rate_interval_ns[i], c.rate_slack_ns[i])
+                            for cls, i in consts.RATE_CLASSES.items()},
         }
 
     def set_ports(self, ports: Iterable[int]) -> None:
@@ -517,6 +585,94 @@ class Program:
     def clear_bindings(self) -> None:
         self._bindings.clear()
 
+    # -- bans and bound addresses ------------------------------------------
+    def ban_key(self, ip: str) -> str:
+        """The key a ban of ip takes: an IPv4 address, or the IPv6 prefix
+        of the configured length holding ip ("2001:db8:1:2::/64")."""
+        return key_text(self._source_key(ip), self._ipv6_prefix())
+
+    def _ipv6_prefix(self) -> int:
+        return self._config[ctypes.c_uint32(0)].ipv6_prefix
+
+    def _source_key(self, ip: str) -> bytes:
+        a = ipaddress.ip_address(_address(ip))
+        raw = addr_bytes(a)
+        if a.version == 4:  # an IPv6 packet from ::ffff:a.b.c.d is masked
+            return raw
+        mask = prefix_mask(self._ipv6_prefix())
+        return bytes(a & m for a, m in zip(raw, mask, strict=True))
+
+    def _ban_map_key(self, ip_or_key: str):
+        """The map key of an address, or of a key as ban_key() writes it."""
+        text = ip_or_key.strip()
+        if "/" in text:
+            try:
+                text = str(ipaddress.ip_network(text).network_address)
+            except ValueError:
+                raise ValueError(f"{ip_or_key!r} is not an address or a ban key") from None
+        key = self._bans.Key()
+        key.addr[:] = list(self._source_key(text))
+        return key
+
+    def set_ban(self, ip: str, expires_ns: int, offenses: int = 1,
+                manual: bool = False) -> str:
+        """Ban ip's key until expires_ns (CLOCK_BOOTTIME; NO_EXPIRY: until
+        lifted). Returns the key."""
+        key = self._bans.Key()
+        key.addr[:] = list(self._source_key(ip))
+        val = self._bans.Leaf()
+        val.expires_ns = max(0, min(expires_ns, NO_EXPIRY))
+        val.offenses = max(0, min(offenses, 0xFFFFFFFF))
+        val.flags = consts.BAN_MANUAL if manual else 0
+        self._bans[key] = val
+        return key_text(bytes(key.addr), self._ipv6_prefix())
+
+    def lift_ban(self, ip_or_key: str) -> bool:
+        """Remove the ban of an address or key; False: there was none."""
+        return self._bans.pop(self._ban_map_key(ip_or_key), None) is not None
+
+    def iter_bans(self) -> Iterator[Ban]:
+        """Every ban entry, those past their expiry too (the program
+        ignores them; the controller keeps them to count repeat offenses)."""
+        prefix = self._ipv6_prefix()
+        for k, v in self._bans.iteritems():
+            yield Ban(key_text(bytes(k.addr), prefix), v.expires_ns, v.offenses,
+                      bool(v.flags & consts.BAN_MANUAL))
+
+    def update_bound(self, add: Iterable[tuple[str, int]] = (), remove: Iterable[str] = (),
+                     prune: bool = False) -> int:
+        """The addresses holding a binding, with the latest expiry there
+        (CLOCK_BOOTTIME ns): the program never rate limits them. prune: the
+        map holds only `add` afterwards; returns how many that removed."""
+        written: set[bytes] = set()
+        it = iter(add)
+        while chunk := list(itertools.islice(it, BATCH)):
+            keys = (self._bound.Key * len(chunk))()
+            vals = (self._bound.Leaf * len(chunk))()
+            for i, (ip, expires_ns) in enumerate(chunk):
+                ctypes.memmove(keys[i].addr, addr_bytes(ip), 16)
+                vals[i] = max(0, min(expires_ns, NO_EXPIRY))
+            self._bound.items_update_batch(keys, vals)
+            if prune:
+                written.update(bytes(k) for k in keys)
+        gone = [addr_bytes(ip) for ip in remove]
+        if prune:
+            gone += [bytes(k) for k in self._bound if bytes(k) not in written]
+        for raw in gone:
+            key = self._bound.Key()
+            key.addr[:] = list(raw)
+            self._bound.pop(key, None)
+        return len(gone) if prune else 0
+
+    def clear_floods(self) -> None:
+        """No bans, no bound addresses, every bucket empty (tests, check)."""
+        for m in (self._bans, self._bound, self.bpf[b"buckets"]):
+            m.clear()
+
+    def iter_bound(self) -> Iterator[tuple[str, int]]:
+        for k, v in self._bound.iteritems():
+            yield addr_str(k.addr), v.value
+
     def mirror(self, live: Program, user: str, realm: str, ip: str) -> None:
         """Make this (private) load judge as `live` does for user@realm at
         ip: live's config (its hash seed included, so binding keys match),
@@ -536,6 +692,13 @@ class Program:
         val = live._bindings.get(key)
         if val is not None:
             self._bindings[key] = val
+        self.clear_floods()
+        bkey = live._ban_map_key(ip)
+        for src, dst in ((live._bans, self._bans), (live._bound, self._bound)):
+            k = bkey if src is live._bans else _bound_key(src, ip)
+            held = src.get(k)
+            if held is not None:
+                dst[k] = held
         self.reset_counters()
 
     # -- counters and events ---------------------------------------------
@@ -616,7 +779,9 @@ class Program:
         reason = consts.REASONS[reason_id]
         cfg = self.config()
         if consts.is_verdict(reason):
-            would = "mark" if cfg["action"] == "reject" else "drop"
+            # a flood is dropped, never rejected
+            would = "mark" if cfg["action"] == "reject" and not consts.is_flood(reason) \
+                else "drop"
         else:
             would = "pass"
         if retval == XDP_DROP:
