@@ -469,3 +469,134 @@ def test_restart_with_freeswitch_down_holds_the_bindings_for_the_degraded_grace(
     assert restart + 599e9 <= b.expires_ns <= read + 600e9
     assert reaches(env, env.topo.phone, "held")
     assert "pinned bindings held for 600 s" in env.log.read_text()
+
+
+# -- bans -------------------------------------------------------------------------
+def register_reaches(env: Env, src_ns: str, tag: str) -> bool:
+    """Does a REGISTER (never guarded by the credential rule: only a ban
+    stops it) from src_ns reach the PBX's 5060 socket? The marker comes
+    from the phone, which no test bans (a ban drops a banned source's
+    marker too), a moment later; what else arrives soon after it counts."""
+    from nfguard.packets import sip_request
+    a = ADDR["ipv4"]
+    s = env.topo.udp(src_ns)
+    dst = a["pbx1"] if src_ns == env.topo.phone else a["pbx2"]
+    register = sip_request("REGISTER", user="2002", realm=REALM, auth="",
+                           extra_headers=[f"X-Tag: {tag}"], target=f"sip:{REALM}")
+    stop = sentinel(tag)
+    s.sendto(register, (dst, 5060))
+    time.sleep(0.05)
+    env.topo.udp(env.topo.phone).sendto(stop, (a["pbx1"], 5060))
+    got = recv_until(env.pbx5060, stop)
+    env.pbx5060.settimeout(0.2)
+    try:
+        while True:
+            got.append(env.pbx5060.recvfrom(65535))
+    except (TimeoutError, BlockingIOError):
+        pass
+    finally:
+        env.pbx5060.settimeout(None)
+    return any(data == register for data, _ in got)
+
+
+def banned_elements(env: Env) -> dict[str, str]:
+    out = json.loads(run("nft", "-j", "list", "set", "inet", "nfguard", "banned4",
+                         ns=env.topo.pbx))
+    elems = next(o["set"] for o in out["nftables"] if "set" in o).get("elem", [])
+    return {e["elem"]["val"]: e["elem"].get("comment", "") for e in elems}
+
+
+def cli_bans(env: Env) -> dict:
+    return json.loads(env.nfguard("bans", "--json", "--config", env.config, check=True).stdout)
+
+
+def test_auth_failures_ban_in_the_kernel_and_nft_then_unban_and_expiry(env):
+    from test_bans import failure_frame
+
+    env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1")]
+    started(env, bans={"failures": 3, "ban_time": "10m"})
+    assert register_reaches(env, env.topo.attacker, "before")
+    env.esl.push(*(failure_frame(ATTACKER, user="2002", realm=REALM) for _ in range(3)))
+    st = env.until(lambda s: s["bans"]["active"] == 1, what="the ban")
+    assert st["bans"]["auth_failures"] == 3 and st["bans"]["bans"] == 1
+    assert banned_elements(env) == {
+        ATTACKER: f"3 failures in 10m, last 2002@{REALM} (REGISTER)"}
+    (row,) = cli_bans(env)["bans"]
+    assert (row["key"], row["offenses"], row["manual"]) == (ATTACKER, 1, False)
+    assert 590 < row["remaining_s"] <= 600
+    # everything from it is dropped now, REGISTERs too; the phone is not touched
+    assert not register_reaches(env, env.topo.attacker, "banned")
+    assert register_reaches(env, env.topo.phone, "phone")
+    assert reaches(env, env.topo.phone, "phone-call")
+    st = env.until(lambda s: s["counters"].get("banned", 0) >= 1, what="the banned count")
+    log = env.log.read_text()
+    assert log.count("ALERT: banned") == 1
+    assert f"ALERT: banned {ATTACKER} for 10m: 3 authentication failures in 10m" in log
+    # the phone's address crosses the threshold too: spared, and the log says why
+    env.esl.push(*(failure_frame(PHONE, user="1003", realm=REALM) for _ in range(3)))
+    env.until(lambda s: s["bans"]["spared"] == 1, what="the spared address")
+    assert f"not banning {PHONE}" in env.log.read_text()
+    assert f"bound to {USER}@{REALM}" in env.log.read_text()
+
+    # an operator lifts it
+    r = env.nfguard("unban", ATTACKER, "--config", env.config, check=True)
+    assert f"lifted the ban of {ATTACKER} (daemon)" in r.stdout
+    assert banned_elements(env) == {} and cli_bans(env)["bans"] == []
+    assert register_reaches(env, env.topo.attacker, "unbanned")
+    assert f"ban of {ATTACKER} lifted by an operator" in env.log.read_text()
+
+    # a short ban runs out by itself: the kernel stops dropping, the log says so
+    r = env.nfguard("ban", ATTACKER, "--for", "2s", "--config", env.config, check=True)
+    assert f"banned {ATTACKER} for 2s (daemon)" in r.stdout
+    assert banned_elements(env) == {ATTACKER: "manual"}
+    assert not register_reaches(env, env.topo.attacker, "manual-ban")
+    env.until(lambda s: s["bans"]["active"] == 0, timeout=10, what="the expiry")
+    deadline = time.monotonic() + 10
+    while f"ban of {ATTACKER} lifted: it expired" not in env.log.read_text():
+        assert time.monotonic() < deadline, "no expiry line"
+        time.sleep(0.2)
+    assert register_reaches(env, env.topo.attacker, "expired")
+    # bad input: exit code 2, one line, no traceback
+    for args in (["ban", "10.200.2"], ["ban", ATTACKER, "--for", "soon"], ["unban", "x"]):
+        r = env.nfguard(*args, "--config", env.config)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+    r = env.nfguard("ban", "192.168.77.1", "--config", env.config)
+    assert r.returncode == 0  # not trusted here: allowed
+
+
+def test_bans_survive_a_restart_and_the_cli_works_without_the_daemon(env):
+    env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1")]
+    started(env, trusted=["10.200.9.0/24"])
+    r = env.nfguard("ban", ATTACKER, "--for", "1h", "--config", env.config, check=True)
+    assert "(daemon)" in r.stdout
+    r = env.nfguard("ban", "10.200.9.5", "--config", env.config)
+    assert r.returncode == 1 and "trusted network 10.200.9.0/24" in r.stderr
+    r = env.nfguard("ban", PHONE, "--for", "1h", "--config", env.config, check=True)
+    assert f"{USER}@{REALM}" in r.stderr  # warned: that phone is cut off too
+    assert env.stop() == 0
+
+    # the daemon is down: the pinned map keeps dropping; the CLI reads and changes it
+    down = cli_bans(env)
+    assert down["source"] == "bans map (daemon down)"
+    assert sorted(b["key"] for b in down["bans"]) == sorted([ATTACKER, PHONE])
+    assert {b["reason"] for b in down["bans"]} == {"manual"}
+    r = env.nfguard("unban", PHONE, "--config", env.config, check=True)
+    assert "daemon down" in r.stdout
+    assert not register_reaches(env, env.topo.attacker, "down")
+    assert register_reaches(env, env.topo.phone, "phone-unbanned")
+    r = env.nfguard("ban", "10.200.7.7", "--for", "30m", "--config", env.config, check=True)
+    assert "daemon down" in r.stdout
+    st = json.loads(env.nfguard("status", "--json", "--config", env.config, check=True).stdout)
+    assert st["bans"]["active"] == 2
+    # an nft element removed by hand: the restart puts the map's bans back
+    run("nft", "delete", "element", "inet", "nfguard", "banned4", f"{{ {ATTACKER} }}",
+        ns=env.topo.pbx)
+
+    env.start()
+    st = env.until(lambda s: s["synced"], what="the restart's sync")
+    assert st["bans"]["active"] == 2
+    assert set(banned_elements(env)) == {ATTACKER, "10.200.7.7"}
+    (att,) = [b for b in cli_bans(env)["bans"] if b["key"] == ATTACKER]
+    assert att["manual"] and 3500 < att["remaining_s"] <= 3600
+    assert not register_reaches(env, env.topo.attacker, "after-restart")
+    assert "2 active ban(s) kept from the pinned map" in env.log.read_text()
