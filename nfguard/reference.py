@@ -629,11 +629,12 @@ def classify_reason(frame: bytes, *, methods=("INVITE",), fragments="verdict",
         return s.reason, None
     if dgram.dport not in set(ports):
         return "port_not_guarded", None
-    if _in_trusted(dgram.saddr, trusted):
-        return "trusted", None
-    # a ban: every packet to a guarded port, before its payload is read
+    # a ban: every packet to a guarded port, before its payload is read, and
+    # before the trusted networks (the controller never bans those itself)
     if banned.get(source_key(dgram.saddr, dgram.ipv6, ipv6_prefix), 0) > now_ns:
         return "banned", None
+    if _in_trusted(dgram.saddr, trusted):
+        return "trusted", None
     if dgram.tcp:
         return "not_udp", None
     c = _Classifier(cfg, dgram)

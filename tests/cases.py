@@ -1225,8 +1225,12 @@ case("banned_reject_action_drops", f_inv(pa(), src=OTHER), "banned", bans=BANNED
 case("banned_expired", f_inv(src=OTHER), "no_credentials", bans=((OTHER, -1),),
      note="the program checks the expiry itself")
 case("banned_other_address", f_inv(pa()), "bound", bans=BANNED, bindings=BOUND, **UR)
-case("banned_trusted_wins", f_inv(pa(), src=OTHER), "trusted", bans=BANNED,
-     trusted=("198.51.100.0/24",), note="trusted networks are checked first")
+case("banned_inside_trusted_network", f_inv(pa(), src=OTHER), "banned", bans=BANNED,
+     trusted=("198.51.100.0/24",), note="a ban wins: the controller never bans a trusted "
+     "source itself, so this one is an operator's")
+case("banned_neighbour_of_trusted_host", f_inv(pa(), src=OTHER), "trusted",
+     bans=(("198.51.100.8", None),),
+     trusted=("198.51.100.7/32",), note="the ban of another source leaves it trusted")
 case("banned_bound_address", f_inv(pa()), "banned", bans=((SRC, None),), bindings=BOUND,
      note="the kernel obeys a ban; the controller never bans a bound address")
 case("banned_v6_prefix", f_inv(pa(), src=OTHER6_SAME64), "banned", bans=BANNED6,

@@ -17,7 +17,7 @@ from conftest import need_kernel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = ["non_sip_udp", "register", "invite_no_auth", "invite_bound", "invite_foreign",
-         "invite_worst_case"]
+         "invite_worst_case", "banned_source", "rate_limited"]
 
 
 def nfguard(*args: str) -> subprocess.CompletedProcess:

@@ -154,17 +154,17 @@ def test_counters_count_each_reason(prog):
     prog.add_binding(U, R, SRC)
     prog.add_binding(U, R, OTHER, expires_in=-5)
     prog.add_trusted("203.0.113.0/24")
-    prog.set_ban("203.0.113.77", NO_EXPIRY)  # inside the trusted network: trusted wins
+    prog.set_ban("203.0.113.77", NO_EXPIRY)  # inside the trusted network: the ban wins
     prog.set_ban("198.51.100.99", NO_EXPIRY)
     assert prog.test_run(f_inv(pa())).reason == "bound"
     assert prog.test_run(f_inv(pa(), src=OTHER)).reason == "expired"
     assert prog.test_run(f_inv(pa(), src="203.0.113.5")).reason == "trusted"
-    assert prog.test_run(f_inv(src="203.0.113.77")).reason == "trusted"
+    assert prog.test_run(f_inv(src="203.0.113.77")).reason == "banned"
     assert prog.test_run(f_inv(src="198.51.100.99")).reason == "banned"
     prog.configure(mode="enforce", rate_limits={"invite": (0.001, 1)})
     assert prog.test_run(f_inv(src="198.51.100.98")).reason == "no_credentials"
     assert prog.test_run(f_inv(src="198.51.100.98")).reason == "rate_limited"
-    want.update(["bound", "expired", "trusted", "trusted", "banned", "no_credentials",
+    want.update(["bound", "expired", "trusted", "banned", "banned", "no_credentials",
                  "rate_limited"])
     got = prog.counters()
     assert {k: n for k, n in got.items() if n} == dict(want)

@@ -36,7 +36,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nfguard import packets
+from nfguard import packets, policy
 from nfguard.bench.esl import bench_esl, print_esl
 from nfguard.bench.mirror import bench_mirror, print_mirror
 from nfguard.bench.sync import bench_sync, print_sync
@@ -46,9 +46,13 @@ DEFAULT_REPEAT = 100_000
 DEFAULT_ROUNDS = 5
 DEFAULT_LOADS = 1
 
-# The bound user's address; every other source is foreign.
+# The bound user's address; every other source is foreign. BANNED_IP is one
+# of BANS banned sources; LIMITED_IP has run past its INVITE bucket.
 PHONE_IP = "198.51.100.20"
 ATTACKER_IP = "203.0.113.66"
+BANNED_IP = "203.0.113.99"
+LIMITED_IP = "203.0.113.77"
+BANS = 1000
 USER, REALM = "1001", "pbx.example.com"
 
 _BARE_PASS = b"""
@@ -135,11 +139,17 @@ def xdp_cases() -> list[Case]:
         # bound: the full scan, the lookup that succeeds and the pass path
         # cost a little more than the foreign verdict (rate-limited events)
         Case("invite_worst_case", worst_case_invite(PHONE_IP), "bound"),
+        # dropped before the payload is read (docs/design.md §7: <= 3x bare)
+        Case("banned_source", packets.udp_frame(sip("INVITE", USER, REALM), src=BANNED_IP),
+             "banned"),
+        Case("rate_limited", packets.udp_frame(sip("INVITE", USER, REALM, auth=""),
+                                               src=LIMITED_IP), "rate_limited"),
     ]
 
 
 def check_cases(prog, cases: list[Case]) -> None:
     """Raise unless the program gives each case's frame its expected reason."""
+    _fill_bucket(prog, cases)
     for c in cases:
         v = prog.test_run(c.frame)
         if v.reason != c.reason:
@@ -211,6 +221,7 @@ def bench_xdp(repeat: int, rounds: int, loads: int = DEFAULT_LOADS) -> dict:
         for _ in range(loads):
             prog = _configured(Program(count_all=False))
             try:
+                _fill_bucket(prog, cases)
                 fns: dict[str, Callable[[], int]] = {
                     "bare_pass": lambda: prog_test_run(bare_fd, cases[0].frame,
                                                        repeat=repeat)[1],
@@ -240,10 +251,27 @@ def bench_xdp(repeat: int, rounds: int, loads: int = DEFAULT_LOADS) -> dict:
 
 
 def _configured(prog):
-    prog.configure(mode="enforce", action="drop", methods=["INVITE"])
+    """As the daemon configures it: the default rate limits, the phone's
+    binding and its address in the bound map, and BANS bans."""
+    from nfguard.kernel.program import NO_EXPIRY
+
+    prog.configure(mode="enforce", action="drop", methods=["INVITE"],
+                   rate_limits=policy.DEFAULT_RATE_LIMITS)
     prog.set_ports([5060])
     prog.add_binding(USER, REALM, PHONE_IP)
+    prog.update_bound([(PHONE_IP, NO_EXPIRY)])
+    for i in range(BANS - 1):
+        prog.set_ban(f"10.{i >> 8 & 255}.{i & 255}.1", NO_EXPIRY)
+    prog.set_ban(BANNED_IP, NO_EXPIRY)
     return prog
+
+
+def _fill_bucket(prog, cases: list[Case]) -> None:
+    """Run LIMITED_IP past its burst, so that its case is limited from the
+    first timed run on."""
+    limited = next(c.frame for c in cases if c.name == "rate_limited")
+    _, burst = policy.DEFAULT_RATE_LIMITS["invite"]
+    prog.time_run(limited, burst + 1)
 
 
 def _print_xdp(result: dict, repeat: int, rounds: int, loads: int) -> None:
