@@ -9,6 +9,9 @@ Targets (one function each in TARGETS; `xdp` is the default):
 - mirror: the ESL load of keeping the mirror exact at 1,000 registrations
   a second, and the lag of a move (nfguard/bench/mirror.py; --rounds is
   the seconds of events per traffic mix).
+- attack: the real FreeSWITCH under INVITE floods and a REGISTER brute
+  force while a bound phone calls, without and with nfguard
+  (nfguard/bench/attack.py; its own --calls and --seconds).
 
 - xdp: ns per packet of the XDP classifier under BPF_PROG_TEST_RUN with
   repeat, for a set of typical and worst-case frames, next to a bare XDP_PASS
@@ -37,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nfguard import packets, policy
+from nfguard.bench import attack
 from nfguard.bench.esl import bench_esl, print_esl
 from nfguard.bench.mirror import bench_mirror, print_mirror
 from nfguard.bench.sync import bench_sync, print_sync
@@ -296,7 +300,7 @@ TARGETS: dict[str, tuple[Callable[[int, int, int], dict],
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", nargs="?", default="xdp", metavar="TARGET",
-                        help=f"what to measure: {', '.join(TARGETS)} (default: xdp)")
+                        help=f"what to measure: {', '.join(TARGETS)}, attack (default: xdp)")
     parser.add_argument("--repeat", default=str(DEFAULT_REPEAT), metavar="N",
                         help=f"runs per measurement (default: {DEFAULT_REPEAT})")
     parser.add_argument("--rounds", default=str(DEFAULT_ROUNDS), metavar="N",
@@ -305,6 +309,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="load the program N times and report the median "
                              f"(JIT placement differs per load; default: {DEFAULT_LOADS})")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    attack.add_arguments(parser)
 
 
 def _positive(option: str, value: str) -> int:
@@ -314,9 +319,11 @@ def _positive(option: str, value: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.target == "attack":
+        return attack.run(args)
     if args.target not in TARGETS:
         raise NfguardError(
-            f"unknown bench target {args.target!r} (known: {', '.join(TARGETS)})"
+            f"unknown bench target {args.target!r} (known: {', '.join(TARGETS)}, attack)"
         )
     repeat = _positive("--repeat", args.repeat)
     rounds = _positive("--rounds", args.rounds)
