@@ -401,3 +401,18 @@ def test_an_expired_entry_is_removed_from_the_kernel_after_max_ban_time(tmp_path
             assert pinned == {} and ATTACKER not in w.daemon.bans.entries
     run(go())
 
+
+
+def test_an_upgrade_carries_the_retired_maps_bans_before_reading_them(tmp_path):
+    async def go():
+        backend = RecordingBackend(pinned={}, migrating=True)
+        async with World(tmp_path, backend) as w:
+            await w.synced()
+            calls = [c[0] for c in backend.log]
+            # carried first, then read back and mirrored in nft
+            assert calls.index("carry_bans") < calls.index("sync_bans")
+        backend = RecordingBackend(pinned={})
+        async with World(tmp_path, backend) as w:
+            await w.synced()
+            assert ("carry_bans",) not in backend.log  # no retired maps: nothing to carry
+    run(go())

@@ -217,11 +217,14 @@ def test_resync_after_reconnect_removes_exactly_what_went(env):
     env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1"),
                             Row("2002", REALM, ATTACKER, 5060, "c2")]
     st = started(env)
-    assert st["bindings"] == {"bpf": 2, "nft": 2, "registry": 2}
+    # the kernel's bound map holds the bound addresses too (it spares them rate limits)
+    assert st["bindings"] == {"bpf": 2, "nft": 2, "registry": 2, "bound_addresses": 2}
     env.esl.server.table = [Row(USER, REALM, PHONE, 5060, "c1")]
     env.esl.call(env.esl.server.drop())
     st = env.until(lambda s: s["esl"][0]["connects"] == 2 and s["bindings"]["bpf"] == 1
                    and s["bindings"]["nft"] == 1, what="the resync")
+    assert st["bindings"]["bound_addresses"] == 1
+    assert st["drift"]["bound_missing"] == [] and st["drift"]["bound_extra"] == []
     assert env.nft_elements() == {PHONE: f"{USER}@{REALM}"}
     assert [b["user"] for b in json.loads(env.nfguard("bindings", "--json", "--config",
                                                       env.config, check=True).stdout)
@@ -377,6 +380,10 @@ def test_an_upgrade_across_a_map_layout_takes_over_without_a_gap(env):
     old = Program(pin_dir=env.pin_dir, cflags=["-DNFG_TEST_BINDING_PAD=8"], count_all=False)
     old.configure(mode="enforce")
     old.add_binding(USER, REALM, PHONE)
+    # a ban is not in FreeSWITCH: the new build carries it over from the retired map
+    from nfguard.kernel.program import boottime_ns
+    # (another address than the attacker's, whose INVITEs this test follows)
+    old.set_ban("10.200.5.5", boottime_ns() + 3600 * 10**9, offenses=3)
     for itf in ("pbx1", "pbx2"):
         A.attach(itf, old.xdp_fn.fd, old.tc_fn.fd, netns=env.topo.pbx)
     old.close()  # as the old daemon exits: attached and pinned
@@ -403,6 +410,10 @@ def test_an_upgrade_across_a_map_layout_takes_over_without_a_gap(env):
     assert reaches(env, env.topo.phone, "new-phone")
     assert not reaches(env, env.topo.attacker, "new-attacker")
     assert "made by another nfguard build" in env.log.read_text()
+    assert "1 ban(s) carried over from the older build's retired maps" in env.log.read_text()
+    (ban,) = cli_bans(env)["bans"]
+    assert (ban["key"], ban["offenses"]) == ("10.200.5.5", 3) and ban["remaining_s"] > 3500
+    assert set(banned_elements(env)) == {"10.200.5.5"}
 
 
 def test_systemd_notify_metrics_and_a_root_only_socket(env, tmp_path):

@@ -433,6 +433,28 @@ class KernelBackend:
         timed out with it)."""
         self.prog.lift_ban(key)
 
+    def carry_bans(self, pin_dir: str) -> int:
+        """An upgrade across a map layout retired the older build's maps
+        (pins.retire): its bans are not in FreeSWITCH, so unlike bindings
+        nothing would refill them. Copy every entry of its `bans` map whose
+        layout is this build's (key: the address, 16 bytes; value: expiry,
+        offenses, flags) that the new map does not have yet. Returns how
+        many were copied; a retired map without bans (layout 1) gives 0."""
+        from nfguard.consts import BAN_MANUAL
+        from nfguard.kernel.program import key_text
+
+        have = {b.key for b in self.prog.iter_bans()}
+        prefix = self.prog.config()["ipv6_prefix"]
+        copied = 0
+        for raw, expires_ns, offenses, flags in retired_bans(pin_dir):
+            key = key_text(raw, prefix)
+            if key in have:
+                continue
+            self.prog.set_ban(key, expires_ns, offenses, bool(flags & BAN_MANUAL))
+            have.add(key)
+            copied += 1
+        return copied
+
     def sync_bans(self, entries: list[BanEntry], now: float) -> dict:
         """Make the nft ban sets hold exactly the active entries."""
         return self.nft.sync_bans({e.key: (ban_timeout(e, now), e.reason)
@@ -472,6 +494,49 @@ class KernelBackend:
         for p in (self._checker, self.prog):
             if p is not None:
                 p.close()
+
+
+BAN_KEY_SIZE, BAN_VALUE_SIZE = 16, 16  # struct nfg_ban: u64 expires_ns, u32 offenses, u32 flags
+
+
+def retired_bans(pin_dir: str):
+    """(key bytes, expires_ns, offenses, flags) of every entry of the
+    `bans` maps pinned under pin_dir/retired/ (pins.retire) whose key and
+    value sizes are this build's; others are skipped (their layout is not
+    known here)."""
+    import ctypes
+    import os
+    import struct
+
+    from nfguard.kernel import libbpf, pins
+
+    root = os.path.join(pin_dir, pins.RETIRED)
+    try:
+        dirs = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return
+    lib = libbpf.lib()
+    next_key = lib.bpf_map_get_next_key
+    next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    next_key.restype = ctypes.c_int
+    for d in dirs:
+        path = os.path.join(root, d, "bans")
+        info = libbpf.pinned_map_info(path)
+        if info is None or (info.key_size, info.value_size) != (BAN_KEY_SIZE, BAN_VALUE_SIZE):
+            continue
+        fd = lib.bpf_obj_get(path.encode())
+        if fd < 0:
+            continue
+        try:
+            key = ctypes.create_string_buffer(BAN_KEY_SIZE)
+            val = ctypes.create_string_buffer(BAN_VALUE_SIZE)
+            prev = None  # NULL: the first key
+            while next_key(fd, prev, key) == 0:
+                if lib.bpf_map_lookup_elem(fd, key, val) == 0:
+                    yield (key.raw, *struct.unpack("<QII", val.raw))
+                prev = ctypes.create_string_buffer(key.raw, BAN_KEY_SIZE)
+        finally:
+            os.close(fd)
 
 
 def where(itf) -> str:
@@ -589,6 +654,10 @@ class RecordingBackend:
     def forget_ban(self, key: str) -> None:
         self.log.append(("forget_ban", key))
         self.ban_map.pop(key, None)
+
+    def carry_bans(self, pin_dir: str) -> int:
+        self.log.append(("carry_bans",))
+        return 0
 
     def sync_bans(self, entries: list[BanEntry], now: float) -> dict:
         active = sorted(e.key for e in entries if e.active(now))

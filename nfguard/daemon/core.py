@@ -97,6 +97,10 @@ class Daemon:
         if not loaded.fresh:
             self._hold_pinned_bindings()
         backend.install(self.cfg)
+        if loaded.migrating:
+            carried = backend.carry_bans(self.cfg.pin_dir)
+            if carried:
+                log.info("%d ban(s) carried over from the older build's retired maps", carried)
         self._load_bans()
         if loaded.migrating:
             log.info("nfguard %s: attaching once the first full sync has filled the new maps",
