@@ -131,6 +131,8 @@ def test_cases_are_distinct_and_named():
     (["bench", "xdp", "--repeat", "many"], "--repeat"),
     (["bench", "xdp", "--rounds", "-1"], "--rounds"),
     (["bench", "xdp", "--loads", "0"], "--loads"),
+    (["bench", "attack", "--calls", "0"], "--calls"),
+    (["bench", "attack", "--seconds", "1m"], "--seconds"),
 ])
 def test_bad_arguments_are_one_line(args, needle):
     out = nfguard(*args)
@@ -149,3 +151,22 @@ def test_a_case_with_the_wrong_reason_fails_loudly(program):
 
     with pytest.raises(NfguardError, match="invite_bound: the program says not_bound"):
         xdp.check_cases(program, xdp.xdp_cases())
+
+
+def test_attack_table_has_a_row_per_scenario_and_phase(capsys):
+    """The attack bench's table (its figures come from the real FreeSWITCH:
+    tests/test_freeswitch_attack.py runs it)."""
+    from nfguard.bench import attack
+
+    row = {"answered": 59, "placed": 60, "setup_ms_p50": 31.5, "setup_ms_max": 80.2,
+           "attacker_sent": 9000, "attacker_reached": 400, "fs_cpu_s": 1.5, "fs_cpu_pct": 2.4}
+    lost = dict(row, answered=0, setup_ms_p50=None, setup_ms_max=None)
+    result = {"calls": 60, "seconds": 60,
+              "scenarios": {name: {"without": lost, "with": row} for name in attack.SCENARIOS},
+              "nfguard_counters": {"rate_limited": 12345, "banned": 7}}
+    attack.print_attack(result)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + 2 * len(attack.SCENARIOS) + 1
+    assert lines[2].split()[:3] == ["invite_150", "without", "0/60"]
+    assert lines[3].split()[:4] == ["invite_150", "with", "59/60", "32/80"]
+    assert lines[-1].endswith("rate_limited 12345, banned 7")

@@ -265,13 +265,19 @@ def bench_attack(calls: int = DEFAULT_CALLS, seconds: float = DEFAULT_SECONDS,
 def print_attack(result: dict) -> None:
     print(f"The PBX under attack: a bound phone places {result['calls']} calls in "
           f"{result['seconds']:g} s (real FreeSWITCH 1.10.12)")
-    print(f"  {'scenario':<12} {'nfguard':<8} {'answered':>9} {'attacker sent':>14} "
-          f"{'reached FS':>11} {'FS CPU s':>9} {'% core':>7}")
+    print(f"  {'scenario':<12} {'nfguard':<8} {'answered':>9} {'setup ms p50/max':>17} "
+          f"{'attacker sent':>14} {'reached FS':>11} {'FS CPU s':>9} {'% core':>7}")
     for name, phases in result["scenarios"].items():
         for phase, r in phases.items():
-            print(f"  {name:<12} {phase:<8} {r['answered']:>4}/{r['placed']:<4} "
+            setup = (f"{r['setup_ms_p50']:.0f}/{r['setup_ms_max']:.0f}"
+                     if r["setup_ms_p50"] is not None else "-")
+            print(f"  {name:<12} {phase:<8} {r['answered']:>4}/{r['placed']:<4} {setup:>17} "
                   f"{r['attacker_sent']:>14} {r['attacker_reached']:>11} "
                   f"{r['fs_cpu_s']:>9.2f} {r['fs_cpu_pct']:>6.1f}%")
+    counters = result.get("nfguard_counters") or {}
+    if counters:
+        shown = ", ".join(f"{k} {counters.get(k, 0)}" for k in ("rate_limited", "banned"))
+        print(f"  nfguard's XDP verdicts over the with-nfguard scenarios: {shown}")
 
 
 # -- the command ---------------------------------------------------------------------
@@ -317,7 +323,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python3 -m nfguard.bench.attack`, the same as `nfguard bench attack`."""
+    """`python3 -m nfguard.bench.attack`: `nfguard bench attack` without the
+    other benches' options."""
     parser = argparse.ArgumentParser(prog="nfguard bench attack")
     add_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
