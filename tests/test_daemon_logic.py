@@ -306,3 +306,62 @@ def test_bpf_drift_reads_the_map_one_binding_at_a_time():
         "bpf_missing": ["1002@r 192.0.2.2"], "bpf_extra": ["1003@r 192.0.2.3"]}
     assert prog.lookups == 2
     assert BpfSink(Map({tuple(a), tuple(b_), tuple(c)})).survey({a: 1.0})[0] == 3
+
+
+def test_the_bound_map_follows_the_nft_sinks_addresses_with_the_latest_expiry():
+    """BoundSink: the kernel's bound map is fed from the NftSink's
+    per-address table (updated first): one entry an address, the latest
+    expiry of its bindings, gone with its last binding."""
+    from nfguard.daemon.backend import BoundSink, NftSink, boottime_ns
+    from nfguard.daemon.registry import Diff
+
+    class Nft:
+        def apply(self, changed, removed, now):
+            pass
+
+        def sync(self, elements, now):
+            return {}
+
+    class Map:
+        def __init__(self):
+            self.bound: dict[str, int] = {}
+
+        def update_bound(self, add=(), remove=(), prune=False):
+            add = dict(add)
+            gone = [ip for ip in self.bound if ip not in add] if prune else list(remove)
+            for ip in gone:
+                self.bound.pop(ip, None)
+            self.bound.update(add)
+            return len(gone)
+
+        def iter_bound(self):
+            return iter(list(self.bound.items()))
+
+    now = 1000.0
+    nft_sink, prog = NftSink(Nft()), Map()
+    sinks = [nft_sink, BoundSink(prog, nft_sink)]
+    a1, a2 = Binding("1001", "r", "192.0.2.1"), Binding("1002", "r", "192.0.2.1")
+    b = Binding("1003", "r", "2001:db8::3")
+
+    def apply(diff):
+        for s in sinks:
+            s.apply(diff, now)
+
+    boot = boottime_ns()
+    apply(Diff(added={a1: now + 100, a2: now + 300, b: now + 50}))
+    assert set(prog.bound) == {"192.0.2.1", "2001:db8::3"}
+    # the latest of the address's two bindings, as boot-time ns (1 s of slack)
+    assert abs(prog.bound["192.0.2.1"] - (boot + 300e9)) < 1e9
+    apply(Diff(removed={a2}))  # the address keeps a1: its expiry moves back
+    assert abs(prog.bound["192.0.2.1"] - (boot + 100e9)) < 1e9
+    apply(Diff(removed={a1}))
+    assert set(prog.bound) == {"2001:db8::3"}
+    assert sinks[1].survey() == (1, {"bound_missing": [], "bound_extra": []})
+    prog.bound["198.51.100.9"] = 1  # by hand
+    del prog.bound["2001:db8::3"]
+    assert sinks[1].drift({}, now) == {"bound_missing": ["2001:db8::3"],
+                                       "bound_extra": ["198.51.100.9"]}
+    # a sync makes it exactly the addresses again
+    for s in sinks:
+        s.sync({a1: now + 10, b: now + 20}, now)
+    assert set(prog.bound) == {"192.0.2.1", "2001:db8::3"}

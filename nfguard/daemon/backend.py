@@ -20,6 +20,7 @@ hold, alerts, reload, degraded grace, upgrades) is tested without root.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -231,12 +232,13 @@ class BoundSink:
 
     def apply(self, diff: Diff, now: float) -> None:
         boot = boottime_ns()
-        touched = dict.fromkeys(b.ip for b in diff.added)
-        touched.update(dict.fromkeys(b.ip for b in diff.removed))
-        gone = [ip for ip in touched if self._latest(ip) is None]
+        # an address once per binding changed there (no table of the touched
+        # addresses: a first apply has 100,000); each write is its latest expiry
+        changed = itertools.chain(diff.added, diff.removed)
+        gone = {b.ip for b in diff.removed if self._latest(b.ip) is None}
         self.prog.update_bound(
-            add=((ip, boot_ns_of(exp, now, boot)) for ip in touched
-                 if (exp := self._latest(ip)) is not None),
+            add=((b.ip, boot_ns_of(exp, now, boot)) for b in changed
+                 if (exp := self._latest(b.ip)) is not None),
             remove=gone)
 
     def sync(self, bindings: dict[Binding, float], now: float) -> dict:
