@@ -416,3 +416,20 @@ def test_an_upgrade_carries_the_retired_maps_bans_before_reading_them(tmp_path):
             await w.synced()
             assert ("carry_bans",) not in backend.log  # no retired maps: nothing to carry
     run(go())
+
+
+@pytest.mark.parametrize("prefix", [64, 48, 128])
+def test_the_daemons_keys_are_the_kernels(prog, prefix):
+    """bans.ban_key (what the daemon counts, logs and mirrors in nft) and
+    Program.ban_key (what the kernel's map is keyed by) agree."""
+    prog.configure(mode="enforce", ipv6_prefix=prefix)
+    # (an IPv4-mapped address is made IPv4 by the daemon before the kernel sees it)
+    for ip in ("203.0.113.9", "2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8::1",
+               "fd00:2::2", "::1"):
+        assert ban_key(ip, prefix) == prog.ban_key(ip), ip
+    from nfguard.kernel.program import NO_EXPIRY
+    key = prog.set_ban("2001:db8:1:2::77", NO_EXPIRY)
+    assert key == ban_key("2001:db8:1:2::77", prefix)
+    assert [b.key for b in prog.iter_bans()] == [key]
+    assert prog.lift_ban(key)  # the daemon lifts by its key
+    prog.configure(mode="enforce")

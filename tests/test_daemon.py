@@ -444,6 +444,9 @@ def test_systemd_notify_metrics_and_a_root_only_socket(env, tmp_path):
     assert text.startswith("HTTP/1.0 200 OK")
     assert "nfguard_bindings 1" in text and 'nfguard_esl_up{endpoint="fs1"} 1' in text
     assert "nfguard_synced 1" in text
+    assert "nfguard_bans_active 0" in text and "nfguard_auth_failures_total 0" in text
+    assert 'nfguard_packets_total{reason="banned"} 0' in text
+    assert 'nfguard_packets_total{reason="rate_limited"} 0' in text
     assert env.stop() == 0
     while b"STOPPING=1" not in got:
         got.append(notify.recv(4096))
@@ -599,6 +602,8 @@ def test_bans_survive_a_restart_and_the_cli_works_without_the_daemon(env):
     assert "daemon down" in r.stdout
     st = json.loads(env.nfguard("status", "--json", "--config", env.config, check=True).stdout)
     assert st["bans"]["active"] == 2
+    text = env.nfguard("status", "--config", env.config, check=True).stdout
+    assert "bans        2 active (2 manual)" in text
     # an nft element removed by hand: the restart puts the map's bans back
     run("nft", "delete", "element", "inet", "nfguard", "banned4", f"{{ {ATTACKER} }}",
         ns=env.topo.pbx)
@@ -611,3 +616,6 @@ def test_bans_survive_a_restart_and_the_cli_works_without_the_daemon(env):
     assert att["manual"] and 3500 < att["remaining_s"] <= 3600
     assert not register_reaches(env, env.topo.attacker, "after-restart")
     assert "2 active ban(s) kept from the pinned map" in env.log.read_text()
+    text = env.nfguard("status", "--config", env.config, check=True).stdout
+    assert "bans        2 active (2 manual); 0 authentication failures, 0 bans" in text
+    assert "packets banned" in text  # the REGISTER dropped just now
