@@ -87,21 +87,25 @@ def test_phone_keeps_calling_under_floods_and_brute_force_only_with_nfguard(
         rate = SCENARIOS[name][1]
         assert with_["attack"]["rate_achieved"] >= 0.9 * rate, (name, with_)
         assert without["attack"]["rate_achieved"] >= 0.9 * rate, (name, without)
-        # Without nfguard every attacker packet reached FreeSWITCH
-        assert without["attacker_reached"] == without["attacker_sent"], (name, without)
+        # Without nfguard the attacker's packets reached FreeSWITCH (all of
+        # them in every run here; 1% spared for a veth's drop on a busy host)
+        assert without["attacker_reached"] >= 0.99 * without["attacker_sent"], (name, without)
         # With nfguard the phone is answered, and most of the attack never
         # reaches FreeSWITCH (rate limited, or banned)
         assert with_["answered"] >= ATTACK_CALLS - 1, (name, with_)
         assert with_["attacker_reached"] < without["attacker_reached"] / 5, (name, phases)
-    # The damage without nfguard, as measured here (2-core host): at 1,000
-    # INVITEs a second FreeSWITCH answers a few percent of them and the
-    # phone's calls go unanswered (2 of 20 answered in the runs that set
-    # this bound); at 150/s its 30 sessions a second (sessions-per-second)
-    # are used up and the phone gets 503 for 10-19 of 20 calls, which is
-    # too variable to assert. Its CPU is not what fails: it stays below
-    # half a core. So the assertion is on answered calls at 1,000/s.
-    flood_1000 = runs["invite_1000"]["without"]
-    assert flood_1000["answered"] <= ATTACK_CALLS // 2, flood_1000
+    # The damage without nfguard, as measured here (2-core host). Vanilla
+    # FreeSWITCH grants 30 new sessions a second (sessions-per-second);
+    # every INVITE takes one, challenged or not. At 150/s the flood spends
+    # them within the first 0.2 s of each second and the phone, calling at
+    # random moments, gets 503 for most calls (2-5 of 20 answered in the
+    # runs that set these bounds). At 1,000/s FreeSWITCH answers ~5% of the
+    # INVITEs and silently drops the rest, the phone's too (1-2 of 20
+    # answered; no socket buffer overflow: its SIP stack drops them). Its
+    # CPU is not what fails (under half a core), so the assertions are on
+    # answered calls, with margins far from what was measured.
+    assert runs["invite_150"]["without"]["answered"] <= ATTACK_CALLS - 3, runs["invite_150"]
+    assert runs["invite_1000"]["without"]["answered"] <= ATTACK_CALLS // 2, runs["invite_1000"]
 
 
 # -- (ii) a ban and its expiry ---------------------------------------------------------

@@ -15,9 +15,11 @@ on the PBX namespace's veths, as tests/test_freeswitch.py runs it) with
 nfguard; one FreeSWITCH serves all six. Per scenario it prints the calls
 answered, the attacker's packets sent and those that reached FreeSWITCH
 (an nft counter in the PBX namespace's input hook, after nfguard's own
-chains: XDP drops never get there), and FreeSWITCH's CPU seconds during
-the scenario (/proc/PID/stat utime + stime, all its threads) and as % of
-one core.
+chains: XDP drops never get there; some of those may still be lost to
+FreeSWITCH's full socket buffer, counted in the JSON as fs_socket_drops
+from the namespace's UDP RcvbufErrors), and FreeSWITCH's CPU seconds during the
+scenario (/proc/PID/stat utime + stime, all its threads) and as % of one
+core.
 
 Between scenarios the bench waits until FreeSWITCH has no channel left
 (the flood's challenged INVITEs hold sessions for a while), at most
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import signal
 import statistics
@@ -133,6 +136,13 @@ class AttackLab:
         return sum(item["rule"]["expr"][-1]["counter"]["packets"]
                    for item in out["nftables"] if "rule" in item)
 
+    def socket_drops(self) -> int:
+        """UDP datagrams the PBX namespace's kernel dropped for a full
+        socket receive buffer (FreeSWITCH not reading fast enough)."""
+        lines = [line.split() for line in self.topo.exec("pbx", "cat", "/proc/net/snmp")
+                 .splitlines() if line.startswith("Udp:")]
+        return int(dict(zip(lines[0][1:], lines[1][1:], strict=True))["RcvbufErrors"])
+
     def channels(self) -> int:
         out = self.fs.api("show channels count")
         m = re.search(r"(\d+) total", out)
@@ -169,7 +179,8 @@ class AttackLab:
 
         settle_s = self.settle()
         pid = self.fs.proc.pid
-        reached0, cpu0, t0 = self.reached(), cpu_seconds(pid), time.monotonic()
+        reached0, drops0 = self.reached(), self.socket_drops()
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
         attack_s = seconds + 1  # the last call starts under attack too
         if kind == "invite":
             attacker = flood.spawn("invite", self.topo.name("attacker"), (FLOOD_IP, 0), self.dst,
@@ -191,14 +202,19 @@ class AttackLab:
                 "setup_ms_max": round(setup[-1] * 1000, 1) if setup else None,
                 "attacker_sent": attack["packets"],
                 "attacker_reached": self.reached() - reached0,
+                "fs_socket_drops": self.socket_drops() - drops0,
                 "attacker_answers": sum(attack["responses"].values()),
                 "attack": {k: attack[k] for k in ("rate_achieved", "sent", "responses")},
                 "fs_cpu_s": round(cpu, 2), "fs_cpu_pct": round(100 * cpu / wall, 1),
                 "wall_s": round(wall, 1), "settle_s": round(settle_s, 1)}
 
     def calls(self, n: int, seconds: float) -> list[tuple[int | None, float]]:
-        """n calls from the phone, one every seconds/n, each in its own
-        thread; (final status or None, seconds to it) per call."""
+        """n calls from the phone, one in each slot of seconds/n at a random
+        moment of it, each in its own thread; (final status or None, seconds
+        to it) per call. Random, not on the slot's edge: FreeSWITCH grants
+        its sessions-per-second budget (30) anew at each of its seconds and a
+        150/s flood spends it within 0.2 s, so calls locked to one phase of
+        that second would all be answered or all refused."""
         pw = self.fs.users[REALM][PHONE_USER]
         out: list[tuple[int | None, float]] = [(None, 0.0)] * n
 
@@ -214,8 +230,10 @@ class AttackLab:
 
         threads = []
         t0 = time.monotonic()
+        slot = seconds / n
         for i in range(n):
-            time.sleep(max(0.0, t0 + i * seconds / n - time.monotonic()))
+            at = t0 + (i + random.random()) * slot
+            time.sleep(max(0.0, at - time.monotonic()))
             th = threading.Thread(target=call, args=(i,), daemon=True)
             th.start()
             threads.append(th)
