@@ -78,8 +78,11 @@ def show(st: dict) -> None:
             state = ("attached" if i["nfguard_xdp"] and i["nfguard_tc"] else
                      "XDP only" if i["nfguard_xdp"] else "NOT attached")
             print(f"interface   {where}: {state}, XDP {i['xdp']['mode'] or '-'}")
-    b = st["bindings"]
+    b = dict(st["bindings"])
+    bound = b.pop("bound_addresses", None)  # the kernel's bound map: addresses, not bindings
     counts = ", ".join(f"{k} {v}" for k, v in b.items())
+    if bound is not None:
+        counts += f"; bound addresses {bound}"
     print(f"bindings    {counts}")
     drift = st["drift"]
     issues = {k: v for k, v in drift.items() if v}
