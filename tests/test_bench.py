@@ -158,9 +158,10 @@ def test_attack_table_has_a_row_per_scenario_and_phase(capsys):
     tests/test_freeswitch_attack.py runs it)."""
     from nfguard.bench import attack
 
-    row = {"answered": 59, "placed": 60, "setup_ms_p50": 31.5, "setup_ms_max": 80.2,
-           "attacker_sent": 9000, "attacker_reached": 400, "fs_cpu_s": 1.5, "fs_cpu_pct": 2.4}
-    lost = dict(row, answered=0, setup_ms_p50=None, setup_ms_max=None)
+    row = {"answered": 59, "placed": 60, "call_ms_p50": 31.5, "call_ms_max": 80.2,
+           "attacker_sent": 9000, "attacker_reached": 400, "fs_socket_drops": 0,
+           "fs_cpu_s": 1.5, "fs_cpu_pct": 2.4}
+    lost = dict(row, answered=0, call_ms_p50=None, call_ms_max=None)
     result = {"calls": 60, "seconds": 60,
               "scenarios": {name: {"without": lost, "with": row} for name in attack.SCENARIOS},
               "nfguard_counters": {"rate_limited": 12345, "banned": 7}}
