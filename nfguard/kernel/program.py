@@ -15,6 +15,7 @@ import ipaddress
 import itertools
 import os
 import secrets
+import socket
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -69,6 +70,17 @@ def bpf_source_dir() -> str:
 
 def addr_bytes(ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
     """16-byte map form of an address: IPv6, or IPv4 mapped into ::ffff:0:0/96."""
+    if isinstance(ip, str):
+        # inet_pton first: a tenth of ipaddress's time, and a first sync
+        # converts 100,000 addresses twice (bindings and bound addresses)
+        try:
+            return _V4_MAPPED + socket.inet_pton(socket.AF_INET, ip)
+        except OSError:
+            pass
+        try:
+            return socket.inet_pton(socket.AF_INET6, ip)
+        except OSError:
+            pass  # ipaddress raises the ValueError, with its words
     a = ipaddress.ip_address(ip)
     if a.version == 4:
         return _V4_MAPPED + a.packed
@@ -647,17 +659,17 @@ class Program:
         written: set[bytes] = set()
         it = iter(add)
         while chunk := list(itertools.islice(it, BATCH)):
-            keys = (self._bound.Key * len(chunk))()
-            vals = (self._bound.Leaf * len(chunk))()
-            for i, (ip, expires_ns) in enumerate(chunk):
-                ctypes.memmove(keys[i].addr, addr_bytes(ip), 16)
-                vals[i] = max(0, min(expires_ns, NO_EXPIRY))
+            raw = b"".join(addr_bytes(ip) for ip, _ in chunk)
+            keys = (self._bound.Key * len(chunk)).from_buffer_copy(raw)
+            vals = (self._bound.Leaf * len(chunk))(
+                *(max(0, min(expires_ns, NO_EXPIRY)) for _, expires_ns in chunk))
             self._bound.items_update_batch(keys, vals)
             if prune:
                 written.update(bytes(k) for k in keys)
         gone = [addr_bytes(ip) for ip in remove]
         if prune:
-            gone += [bytes(k) for k in self._bound if bytes(k) not in written]
+            gone += [bytes(k) for k, _ in self._bound.items_lookup_batch()
+                     if bytes(k) not in written]
         for raw in gone:
             key = self._bound.Key()
             key.addr[:] = list(raw)
@@ -670,8 +682,10 @@ class Program:
             m.clear()
 
     def iter_bound(self) -> Iterator[tuple[str, int]]:
-        for k, v in self._bound.iteritems():
-            yield addr_str(k.addr), v.value
+        """Every bound address and its expiry: one batch syscall (a lookup a
+        key took 0.9 s at 100,000)."""
+        for k, v in self._bound.items_lookup_batch():
+            yield addr_str(k.addr), v
 
     def mirror(self, live: Program, user: str, realm: str, ip: str) -> None:
         """Make this (private) load judge as `live` does for user@realm at
