@@ -433,3 +433,45 @@ def test_the_daemons_keys_are_the_kernels(prog, prefix):
     assert [b.key for b in prog.iter_bans()] == [key]
     assert prog.lift_ban(key)  # the daemon lifts by its key
     prog.configure(mode="enforce")
+
+
+def test_an_ipv6_key_overlapping_a_trusted_host_is_spared():
+    """The kernel looks bans up before the trusted networks: a ban of the
+    /64 would cut off a trusted /128 inside it."""
+    bans = Bans(BanPolicy(failures=2), trusted=["2001:db8:7::5/128"])
+    out = fail(bans, "2001:db8:7::66", [0, 1])
+    assert out[1] == Spared("2001:db8:7::/64", "2001:db8:7::66", 2,
+                            "in the trusted network 2001:db8:7::5/128")
+    assert not bans.entries
+
+
+def test_bans_overlapping_widened_trusted_networks_are_lifted(tmp_path, caplog):
+    """At start and on reload: a trusted source is never banned, and the
+    kernel would obey a ban there before the trusted networks."""
+    async def go():
+        import time
+        now = time.time()
+        pinned = {ATTACKER: BanEntry(ATTACKER, now + 300, 1, False, ""),
+                  "192.0.2.99": BanEntry("192.0.2.99", now + 300, 1, False, ""),
+                  "2001:db8:7::/64": BanEntry("2001:db8:7::/64", now + 300, 1, False, "")}
+        backend = RecordingBackend(pinned={}, bans=pinned)
+        async with World(tmp_path, backend, trusted=["192.0.2.0/24"]) as w:
+            await w.synced()
+            assert ("unban", "192.0.2.99") in backend.log  # at start
+            assert sorted(backend.ban_map) == ["2001:db8:7::/64", ATTACKER]
+            path = tmp_path / "nfguard.yaml"
+            w.daemon.config_path = str(path)
+            path.write_text(f"interfaces: [nfg0]\nmode: enforce\nsocket: {w.cfg.socket}\n"
+                            f"trusted: [192.0.2.0/24, 203.0.113.0/28, 2001:db8:7::5/128]\n"
+                            f"esl: [{{name: fs1, port: {w.esl.port}, password: ClueCon}}]\n")
+            with caplog.at_level(logging.WARNING, logger="nfguard"):
+                await w.daemon.reload()
+            assert backend.ban_map == {}
+            assert w.daemon.bans.active(time.time()) == []
+            lines = [r.getMessage() for r in caplog.records if "overlaps" in r.getMessage()]
+            assert sorted(lines) == [  # the first at start, the others on reload
+                "ban of 192.0.2.99 lifted: it overlaps the trusted network 192.0.2.0/24",
+                "ban of 2001:db8:7::/64 lifted: it overlaps the trusted network "
+                "2001:db8:7::5/128",
+                f"ban of {ATTACKER} lifted: it overlaps the trusted network 203.0.113.0/28"]
+    run(go())

@@ -160,9 +160,9 @@ class Ban:
 
         cfg = load_config(config_path)
         key = ban_key(address, cfg.bans.ipv6_prefix)
-        net = trusted_network(address, [ipaddress.ip_network(c) for c in cfg.trusted])
+        net = trusted_network(key, [ipaddress.ip_network(c) for c in cfg.trusted])
         if net is not None:
-            raise NfguardError(f"{address} is in the trusted network {net}: nfguard never bans "
+            raise NfguardError(f"{key} overlaps the trusted network {net}: nfguard never bans "
                                "it (remove it from trusted first)")
         if seconds is None:
             seconds = cfg.bans.ban_time

@@ -145,14 +145,18 @@ def key_contains(key: str, ip: str, ipv6_prefix: int) -> bool:
         return False
 
 
-def trusted_network(ip: str, networks: Iterable) -> str | None:
-    """The first trusted network (ipaddress networks) holding ip, or None."""
+def trusted_network(key: str, networks: Iterable) -> str | None:
+    """The first trusted network (ipaddress networks) a ban key (or an
+    address) overlaps, or None. Overlaps, not holds: the kernel looks bans
+    up before the trusted networks, so a ban of an IPv6 /64 would cut off a
+    trusted /128 inside it."""
     try:
-        addr = _address(ip)
+        text = key.strip()
+        own = ipaddress.ip_network(text if "/" in text else _address(text), strict=False)
     except ValueError:
         return None
     for net in networks:
-        if addr.version == net.version and addr in net:
+        if own.version == net.version and own.overlaps(net):
             return str(net)
     return None
 
@@ -277,7 +281,7 @@ class Bans:
             return None
         count = len(times)
         del self._fails[key]  # a spared key is judged again after `failures` more
-        net = trusted_network(ip, self.trusted)
+        net = trusted_network(key, self.trusted)
         if net is not None:
             self.counts["spared"] += 1
             return Spared(key, ip, count, f"in the trusted network {net}")

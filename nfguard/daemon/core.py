@@ -133,6 +133,7 @@ class Daemon:
         entries = self.backend.bans()
         self.bans.load(entries, now)
         self.backend.sync_bans(entries, now)
+        self._lift_trusted_bans()
         active = self.bans.active(now)
         if active:
             log.info("%d active ban(s) kept from the pinned map: %s", len(active),
@@ -254,6 +255,25 @@ class Daemon:
                 f"{format_duration(self.cfg.bans.window)} (last: {decision.last} from "
                 f"{decision.ip})"))
 
+    def _lift_trusted_bans(self) -> None:
+        """Lift the bans that overlap a trusted network: the kernel looks
+        bans up first, and a trusted source is never banned. Only a config
+        that widened the trusted networks leaves such a ban (at start or
+        on reload)."""
+        from nfguard.daemon.bans import trusted_network
+
+        for key in list(self.bans.entries):
+            net = trusted_network(key, self.bans.trusted)
+            if net is None:
+                continue
+            self.bans.unban(key)
+            try:
+                self.backend.unban(key)
+            except Exception as e:  # noqa: BLE001 - logged; the next start tries again
+                log.error("lifting the ban of %s failed: %s", key, e)
+                continue
+            log.warning("ban of %s lifted: it overlaps the trusted network %s", key, net)
+
     def _bound_at(self, key: str) -> list[str]:
         """user@realm of the bindings at the addresses a ban key covers."""
         return holders(key, self.registry.view(), self.cfg.bans.ipv6_prefix)
@@ -299,9 +319,9 @@ class Daemon:
         from nfguard.daemon.bans import trusted_network
 
         key = self._ban_target(address)
-        net = trusted_network(address.partition("/")[0], self.bans.trusted)
+        net = trusted_network(key, self.bans.trusted)
         if net is not None:
-            raise NfguardError(f"{address} is in the trusted network {net}: nfguard never bans "
+            raise NfguardError(f"{key} overlaps the trusted network {net}: nfguard never bans "
                                "it (remove it from trusted first)")
         if seconds is None:
             seconds = self.cfg.bans.ban_time
@@ -412,6 +432,7 @@ class Daemon:
         self.registry.degraded_grace = new.degraded_grace
         self.bans.policy = new.bans
         self.bans.set_trusted(new.trusted)
+        self._lift_trusted_bans()
         self._configure_kernel()
         self.backend.install(new)
         if not self._loaded.migrating:
