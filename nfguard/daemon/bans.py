@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import socket
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -164,10 +165,24 @@ def trusted_network(key: str, networks: Iterable) -> str | None:
 def holders(key: str, bindings: Iterable, ipv6_prefix: int) -> list[str]:
     """user@realm of each binding (registry.Binding) at an address the key
     covers, sorted: only an IPv6 key can cover several addresses."""
-    v6 = ":" in key
     found = set()
+    if ":" not in key:
+        for b in bindings:
+            if b.ip == key:
+                found.add(f"{b.user}@{b.realm}")
+        return sorted(found)
+    # an IPv6 key: its network as bytes and a mask once, each address by
+    # inet_pton (ban_key() for each of 2,000 bindings took 30 ms)
+    net = ipaddress.ip_network(key if "/" in key else f"{key}/128", strict=False)
+    want, mask = int(net.network_address), int(net.netmask)
     for b in bindings:
-        if b.ip == key or (v6 and ":" in b.ip and key_contains(key, b.ip, ipv6_prefix)):
+        if ":" not in b.ip:
+            continue
+        try:
+            raw = socket.inet_pton(socket.AF_INET6, b.ip)
+        except OSError:
+            continue
+        if int.from_bytes(raw, "big") & mask == want:
             found.add(f"{b.user}@{b.realm}")
     return sorted(found)
 
