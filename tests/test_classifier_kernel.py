@@ -272,6 +272,20 @@ def test_no_event_for_passing_frames(prog, events):
     assert events == []
 
 
+def test_no_event_for_floods(prog, events):
+    """Bans and rate limits drop floods: an event each would crowd the
+    credential alerts out of the ring (the counters count them)."""
+    prog.configure(mode="enforce", events_per_sec=100000, rate_limits={"invite": (0.001, 1)})
+    prog.set_ban("203.0.113.50", NO_EXPIRY)
+    reasons = [prog.test_run(f_inv(pa(), src="203.0.113.50")).reason,
+               prog.test_run(f_inv(src=OTHER)).reason, prog.test_run(f_inv(src=OTHER)).reason]
+    assert reasons == ["banned", "no_credentials", "rate_limited"]
+    prog.poll_events(50)
+    assert events == []
+    run_and_poll(prog, events, f_inv(pa(), src=OTHER))  # the ring still works
+    assert [e.reason for e in events] == ["not_bound"]
+
+
 def test_no_event_when_disabled(prog, events):
     prog.configure(mode="enforce", action="drop", events_per_sec=0)
     v = prog.test_run(f_inv(pa(), src=OTHER))
