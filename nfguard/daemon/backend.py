@@ -498,47 +498,31 @@ class KernelBackend:
                 p.close()
 
 
-BAN_KEY_SIZE, BAN_VALUE_SIZE = 16, 16  # struct nfg_ban: u64 expires_ns, u32 offenses, u32 flags
-
-
 def retired_bans(pin_dir: str):
     """(key bytes, expires_ns, offenses, flags) of every entry of the
     `bans` maps pinned under pin_dir/retired/ (pins.retire) whose key and
-    value sizes are this build's; others are skipped (their layout is not
-    known here)."""
-    import ctypes
+    value sizes are this build's (struct nfg_ban: u64 expires_ns, u32
+    offenses, u32 flags); others are skipped (their layout is not known
+    here)."""
     import os
     import struct
 
     from nfguard.kernel import libbpf, pins
 
+    want = pins.expected()[1]["bans"]
     root = os.path.join(pin_dir, pins.RETIRED)
     try:
         dirs = sorted(os.listdir(root))
     except FileNotFoundError:
         return
-    lib = libbpf.lib()
-    next_key = lib.bpf_map_get_next_key
-    next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-    next_key.restype = ctypes.c_int
     for d in dirs:
         path = os.path.join(root, d, "bans")
         info = libbpf.pinned_map_info(path)
-        if info is None or (info.key_size, info.value_size) != (BAN_KEY_SIZE, BAN_VALUE_SIZE):
+        if info is None or (info.key_size, info.value_size) != (want.key_size,
+                                                                 want.value_size):
             continue
-        fd = lib.bpf_obj_get(path.encode())
-        if fd < 0:
-            continue
-        try:
-            key = ctypes.create_string_buffer(BAN_KEY_SIZE)
-            val = ctypes.create_string_buffer(BAN_VALUE_SIZE)
-            prev = None  # NULL: the first key
-            while next_key(fd, prev, key) == 0:
-                if lib.bpf_map_lookup_elem(fd, key, val) == 0:
-                    yield (key.raw, *struct.unpack("<QII", val.raw))
-                prev = ctypes.create_string_buffer(key.raw, BAN_KEY_SIZE)
-        finally:
-            os.close(fd)
+        for key, val in libbpf.pinned_map_items(path, want.key_size, want.value_size):
+            yield (key, *struct.unpack("<QII", val))
 
 
 def where(itf) -> str:

@@ -180,6 +180,28 @@ def pinned_map_info(path: str) -> MapInfo | None:
         os.close(fd)
 
 
+def pinned_map_items(path: str, key_size: int, value_size: int):
+    """(key, value) bytes of every entry of the map pinned at path, walked
+    key by key (no bcc: the map may be an older build's); nothing when
+    nothing is pinned there."""
+    fd = lib().bpf_obj_get(path.encode())
+    if fd < 0:
+        return
+    next_key = lib().bpf_map_get_next_key
+    next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    next_key.restype = ctypes.c_int
+    try:
+        key = ctypes.create_string_buffer(key_size)
+        val = ctypes.create_string_buffer(value_size)
+        prev = None  # NULL: the first key
+        while next_key(fd, prev, key) == 0:
+            if lib().bpf_map_lookup_elem(fd, key, val) == 0:
+                yield key.raw, val.raw
+            prev = ctypes.create_string_buffer(key.raw, key_size)
+    finally:
+        os.close(fd)
+
+
 def pinned_map_lookup(path: str, key: bytes, value_size: int) -> bytes | None:
     """The value under key in the map pinned at path, or None."""
     fd = lib().bpf_obj_get(path.encode())
