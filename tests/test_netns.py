@@ -24,6 +24,7 @@ import pytest
 
 from nfguard.errors import AttachError
 from nfguard.kernel import attach as A
+from nfguard.kernel.program import NO_EXPIRY
 from nfguard.lab.topology import ADDR, run
 from nfguard.packets import sip_request
 
@@ -134,6 +135,51 @@ def test_drop_mode_over_veth(topo, prog, xdp_mode, family):
     c = prog.counters()
     assert c["bound"] == 1
     assert c["not_bound"] == 1
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_a_ban_drops_udp_and_tcp_over_veth(topo, prog, family):
+    """A banned source loses its UDP datagrams and its TCP handshake to the
+    guarded port; the phone does not; the ban lifted, TCP connects."""
+    a = ADDR[family]
+    fam = socket.AF_INET if family == "ipv4" else socket.AF_INET6
+    prog.configure(mode="enforce", action="drop")
+    assert A.attach_xdp("pbx2", prog.xdp_fn.fd, mode="native", netns=topo.pbx) == "native"
+    assert A.attach_xdp("pbx1", prog.xdp_fn.fd, mode="native", netns=topo.pbx) == "native"
+    pbx = topo.udp(topo.pbx, family)
+    pbx.bind((a["any"], 5060))
+    with topo.in_netns(topo.pbx):
+        listener = socket.socket(fam, socket.SOCK_STREAM)
+    topo.socks.append(listener)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((a["any"], 5060))
+    listener.listen()
+    prog.set_ban(a["attacker"], NO_EXPIRY)
+
+    def tcp_connects(ns: str, dst: str) -> bool:
+        with topo.in_netns(ns):
+            c = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            c.settimeout(1.5)
+            c.connect((dst, 5060))
+            return True
+        except (TimeoutError, OSError):
+            return False
+        finally:
+            c.close()
+
+    invite = sip_request("INVITE", auth="")
+    attacker = topo.udp(topo.attacker, family)
+    attacker.sendto(invite, (a["pbx2"], 5060))
+    phone = topo.udp(topo.phone, family)
+    stop = sentinel("phone")
+    phone.sendto(stop, (a["pbx1"], 5060))
+    assert recv_until(pbx, stop) == [(stop, a["phone"])]  # the attacker's never came
+    assert not tcp_connects(topo.attacker, a["pbx2"])
+    assert tcp_connects(topo.phone, a["pbx1"])
+    assert prog.counters()["banned"] >= 2  # the datagram and the SYN (and its retries)
+    assert prog.lift_ban(a["attacker"])
+    assert tcp_connects(topo.attacker, a["pbx2"])
 
 
 # -- (b) enforce/reject: XDP metadata -> TC -> skb->mark -> nftables --------
