@@ -109,7 +109,8 @@ def test_phone_keeps_calling_under_floods_and_brute_force_only_with_nfguard(
 
 
 # -- (ii) a ban and its expiry ---------------------------------------------------------
-def test_brute_force_is_banned_at_the_threshold_and_unbanned_at_expiry(fs, nfguard_fs):
+def test_brute_force_is_banned_at_the_threshold_and_unbanned_at_expiry(fs, nfguard_fs,
+                                                                       record_property):
     d = nfguard_fs
     d.start(bans=BANS)
     t0 = time.monotonic()
@@ -119,6 +120,7 @@ def test_brute_force_is_banned_at_the_threshold_and_unbanned_at_expiry(fs, nfgua
     # Every attempt got its 401 challenge until the ban; then nothing came
     # back. The ban lands within one failure of the threshold.
     answered = [o for o in r["outcomes"] if o != "challenge-lost"]
+    record_property("failures_before_the_ban", r["failures"])
     assert r["sent"] >= 90, r
     assert BANS["failures"] <= r["failures"] <= BANS["failures"] + 1, r
     assert r["found"] == [] and len(answered) <= BANS["failures"] + 2, r
@@ -136,6 +138,7 @@ def test_brute_force_is_banned_at_the_threshold_and_unbanned_at_expiry(fs, nfgua
         lambda: attacker.register("1002", password(fs, "1002"), REALM) == 200
         and time.monotonic(), BANS["ban_time"] + 10, "the ban's expiry")
     assert answered_at - t0 >= BANS["ban_time"] - 0.5
+    record_property("answered_again_after_s", round(answered_at - t0, 1))
     assert bans(d) == []  # `nfguard bans` lists active bans only
 
 
