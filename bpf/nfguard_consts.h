@@ -28,6 +28,13 @@
 #ifndef NFG_BANS_MAX
 #define NFG_BANS_MAX 65536
 #endif
+/* The bans' filter: a bit per slot, set for every slot a ban key hashes
+ * to (ban_slot() in nfguard.c, ban_slot() in nfguard/kernel/program.py).
+ * A clear bit proves a source unbanned with one array load; the bans map
+ * is looked up only on a set bit (with 1,000 bans, 0.4 % of other
+ * sources). 2^NFG_BAN_FILTER_LOG2 bits. */
+#define NFG_BAN_FILTER_LOG2 18
+#define NFG_BAN_FILTER_WORDS ((1 << NFG_BAN_FILTER_LOG2) / 64)
 /* Token buckets of the rate limits, one per (source key, method class): an
  * LRU map, so that a flood of spoofed sources evicts old buckets instead
  * of filling the map. */

@@ -32,6 +32,8 @@ NFG_MAP("percpu_array", __u32, __u64, counters, NFG_R_COUNT, 0);
 /* Bans: the source key -> its expiry (docs/design.md §2.2). */
 NFG_MAP("hash", struct nfg_addr_key, struct nfg_ban, bans, NFG_BANS_MAX,
 	BPF_F_NO_PREALLOC);
+/* The bans' filter (nfguard_consts.h): written with the bans. */
+NFG_MAP("array", __u32, __u64, ban_filter, NFG_BAN_FILTER_WORDS, 0);
 /* Addresses holding a binding -> the latest expiry among them: such a
  * source is never rate limited. */
 NFG_MAP("hash", struct nfg_addr_key, __u64, bound, NFG_BINDINGS_MAX,

@@ -8,6 +8,8 @@ LAYOUT_VERSION = 2
 BINDINGS_MAX = 131072
 TRUSTED_MAX = 4096
 BANS_MAX = 65536
+BAN_FILTER_LOG2 = 18  # the bans' filter: 2^18 bits
+BAN_FILTER_WORDS = (1 << BAN_FILTER_LOG2) // 64
 BUCKETS_MAX = 65536
 PORT_WORDS = 65536 // 64  # the guarded ports bitmap: 64 ports a word
 

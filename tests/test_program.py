@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
@@ -105,6 +106,35 @@ def test_bans(prog):
     for bad in ("not-an-ip", "198.51.100.0/24x", ""):
         with pytest.raises(ValueError):
             prog.set_ban(bad, NO_EXPIRY)
+
+
+def test_the_ban_filter_keeps_a_bit_while_any_ban_needs_it(prog):
+    """Two banned sources whose keys share the filter's bit: lifting one
+    leaves the other banned; lifting both clears the bit."""
+    from nfguard.kernel.program import NO_EXPIRY, addr_bytes, ban_slot
+
+    seen: dict[int, str] = {}
+    for i in range(1 << 16):
+        ip = f"10.{i >> 8}.{i & 255}.1"
+        slot = ban_slot(addr_bytes(ip))
+        if slot in seen:
+            a, b = seen[slot], ip
+            break
+        seen[slot] = ip
+    else:
+        raise AssertionError("no two addresses share a slot")
+    prog.set_ban(a, NO_EXPIRY)
+    prog.set_ban(b, NO_EXPIRY)
+    frame_b = P.udp_frame(INVITE, src=b)
+    assert prog.test_run(frame_b).reason == "banned"
+    assert prog.lift_ban(a)
+    assert prog.test_run(frame_b).reason == "banned"
+    assert prog.test_run(P.udp_frame(INVITE, src=a)).reason == "not_bound"
+    word = prog._ban_filter[ctypes.c_uint32(ban_slot(addr_bytes(b)) // 64)].value
+    assert word >> (ban_slot(addr_bytes(b)) % 64) & 1
+    assert prog.lift_ban(b)
+    assert prog._ban_filter[ctypes.c_uint32(ban_slot(addr_bytes(b)) // 64)].value == 0
+    assert prog.test_run(frame_b).reason == "not_bound"
 
 
 def test_ban_expires_in_the_kernel(prog):

@@ -80,6 +80,7 @@ def expected(cflags: Iterable[str] = ()) -> tuple[int, dict[str, MapLayout]]:
         "config": MapLayout(ARRAY, 4, CONFIG_SIZE, 1),
         "counters": MapLayout(PERCPU_ARRAY, 4, 8, len(consts.REASONS)),
         "bans": MapLayout(HASH, 16, 8 + 4 + 4, consts.BANS_MAX),
+        "ban_filter": MapLayout(ARRAY, 4, 8, consts.BAN_FILTER_WORDS),
         "bound": MapLayout(HASH, 16, 8, consts.BINDINGS_MAX),
     }
 

@@ -104,6 +104,13 @@ def key_text(raw: bytes, ipv6_prefix: int) -> str:
     return text if ipv6_prefix >= 128 else f"{text}/{ipv6_prefix}"
 
 
+def ban_slot(key: bytes) -> int:
+    """The bit of the bans' filter a ban key sets; the twin of the slot in
+    banned() in bpf/nfguard.c."""
+    w0, w1 = struct.unpack("<QQ", key)
+    return (((w0 ^ w1) * 0x9E3779B97F4A7C15) & _MASK64) >> (64 - consts.BAN_FILTER_LOG2)
+
+
 def prefix_mask(bits: int) -> bytes:
     return (((1 << 128) - 1) ^ ((1 << (128 - bits)) - 1)).to_bytes(16, "big")
 
@@ -339,6 +346,7 @@ class Program:
         self._config = self.bpf[b"config"]
         self._counters = self.bpf[b"counters"]
         self._bans = self.bpf[b"bans"]
+        self._ban_filter = self.bpf[b"ban_filter"]
         self._bound = self.bpf[b"bound"]
         self._scratch = self.bpf[b"scratch"]
         self._ring_open = False
@@ -354,6 +362,9 @@ class Program:
             if not self.ports():
                 self.set_ports([5060])
         self._seed = self._config[ctypes.c_uint32(0)].cred_seed
+        # pinned bans and filter are kept together, but a writer that died
+        # between the two would leave a ban its filter hides
+        self._rebuild_ban_filter()
 
     # -- configuration -------------------------------------------------
     def configure(
@@ -637,11 +648,32 @@ class Program:
         val.offenses = max(0, min(offenses, 0xFFFFFFFF))
         val.flags = consts.BAN_MANUAL if manual else 0
         self._bans[key] = val
+        slot = ban_slot(bytes(key.addr))  # after the entry: no bit without it
+        word = ctypes.c_uint32(slot // 64)
+        self._ban_filter[word] = ctypes.c_uint64(self._ban_filter[word].value
+                                                 | 1 << (slot % 64))
         return key_text(bytes(key.addr), self._ipv6_prefix())
 
     def lift_ban(self, ip_or_key: str) -> bool:
         """Remove the ban of an address or key; False: there was none."""
-        return self._bans.pop(self._ban_map_key(ip_or_key), None) is not None
+        key = self._ban_map_key(ip_or_key)
+        if self._bans.pop(key, None) is None:
+            return False
+        self._rebuild_ban_filter(ban_slot(bytes(key.addr)) // 64)
+        return True
+
+    def _rebuild_ban_filter(self, only_word: int | None = None) -> None:
+        """The filter's words (or one) from the bans map: a bit stays set
+        while any ban key hashes to it."""
+        words: dict[int, int] = {}
+        for k, _ in self._bans.items_lookup_batch():
+            slot = ban_slot(bytes(k.addr))
+            words[slot // 64] = words.get(slot // 64, 0) | 1 << (slot % 64)
+        todo = range(consts.BAN_FILTER_WORDS) if only_word is None else (only_word,)
+        for i in todo:
+            want = words.get(i, 0)
+            if want or self._ban_filter[ctypes.c_uint32(i)].value:
+                self._ban_filter[ctypes.c_uint32(i)] = ctypes.c_uint64(want)
 
     def iter_bans(self) -> Iterator[Ban]:
         """Every ban entry, those past their expiry too (the program
@@ -680,6 +712,7 @@ class Program:
         """No bans, no bound addresses, every bucket empty (tests, check)."""
         for m in (self._bans, self._bound, self.bpf[b"buckets"]):
             m.clear()
+        self._rebuild_ban_filter()
 
     def iter_bound(self) -> Iterator[tuple[str, int]]:
         """Every bound address and its expiry: one batch syscall (a lookup a
@@ -713,6 +746,7 @@ class Program:
             held = src.get(k)
             if held is not None:
                 dst[k] = held
+        self._rebuild_ban_filter()
         self.reset_counters()
 
     # -- counters and events ---------------------------------------------
