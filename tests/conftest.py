@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 
 import pytest
 
@@ -164,3 +165,15 @@ def nfguard_fs(request, freeswitch):
     d = Nfguard(freeswitch)
     request.addfinalizer(d.close)
     return d
+
+
+def wait_for(pred, timeout: float, what: str):
+    """pred()'s first true value within timeout seconds (polled every 50 ms),
+    else an AssertionError naming what was awaited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

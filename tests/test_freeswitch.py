@@ -22,6 +22,8 @@ from nfguard.lab.sipclient import SipClient
 from nfguard.lab.topology import ADDR
 from nfguard.lab.world import scenario
 
+from conftest import wait_for
+
 pytestmark = pytest.mark.netns
 
 PHONE, ATTACKER = ADDR["ipv4"]["phone"], ADDR["ipv4"]["attacker"]
@@ -53,16 +55,6 @@ def sipp_register(fs, tmp_path, user: str = "1001") -> int:
         "-key", "realm", REALM, "-key", "expires", "300", "-timeout", "5s",
         "-timeout_error", "-nostdin", "-trace_err", "-error_file", str(tmp_path / "sipp.err")]
     return subprocess.run(argv, capture_output=True, timeout=30, cwd=tmp_path).returncode
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_phone_calls_and_an_attacker_with_its_password_is_dropped(fs, nfguard_fs, tmp_path):

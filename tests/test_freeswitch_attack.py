@@ -29,7 +29,7 @@ from nfguard.lab import flood
 from nfguard.lab.sipclient import SipClient
 from nfguard.lab.topology import ADDR
 
-from conftest import cannot_run
+from conftest import cannot_run, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -58,16 +58,6 @@ def password(fs, user: str) -> str:
 
 def bans(d) -> list[dict]:
     return json.loads(d.cli("bans", "--json").stdout)["bans"]
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- (i) the attack run ------------------------------------------------------------
