@@ -263,8 +263,7 @@ static __always_inline void source_key(struct nfg_config *cfg,
 	__builtin_memcpy(out, w, 16);
 }
 
-/* Is the source banned? The expiry is the kernel's to check: bans lapse on
- * time even while the controller is down. */
+/* The ban entry of a source key, or NULL. */
 static __always_inline struct nfg_ban *ban_of(struct nfg_addr_key *key)
 {
 	__u64 w[2], *bits;
@@ -282,6 +281,8 @@ static __always_inline struct nfg_ban *ban_of(struct nfg_addr_key *key)
 	return bans.lookup(key);
 }
 
+/* Is the source banned? The expiry is the kernel's to check: bans lapse on
+ * time even while the controller is down. */
 static __always_inline int banned(struct nfg_scratch *s, struct nfg_config *cfg,
 				  struct l4_info *l4)
 {
@@ -450,8 +451,8 @@ static __always_inline int banned_verdict(struct nfg_config *cfg,
 	return cfg->mode == NFG_MODE_ENFORCE ? XDP_DROP : XDP_PASS;
 }
 
-/* Stage 0, the program attached to the interface: L2-L4, ports, trusted
- * networks, request line (docs/classifier.md §1 to §3). */
+/* Stage 0, the program attached to the interface: L2-L4, ports, bans,
+ * trusted networks, request line (docs/classifier.md §1 to §3). */
 int nfguard_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -519,9 +520,9 @@ int nfguard_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	s->last_has_key = 0;
 	/* A banned source loses every packet to a guarded port, UDP or TCP,
-	 * before its payload is read. Before the trusted networks: the
-	 * controller never bans a trusted source by itself, so a ban there is
-	 * an operator's, and a flood costs one lookup less. */
+	 * before its payload is read. Before the trusted networks, so that a
+	 * flood costs one lookup less: the controller never lets a ban
+	 * overlap a trusted network (it spares, refuses and lifts them). */
 	if (r != L4_VERDICT && banned(s, cfg, &l4))
 		return banned_verdict(cfg, s);
 	if (r != L4_VERDICT) {

@@ -65,6 +65,23 @@ def test_pins_of_the_same_build_are_reused(pin_dir):
         second.close()
 
 
+def test_a_load_rebuilds_the_ban_filter_from_the_pinned_bans(pin_dir):
+    """A writer that died between a ban and its filter bit: the next load
+    sets the bit again, so the ban is not hidden."""
+    from nfguard.kernel.program import NO_EXPIRY, Program
+
+    first = Program(pin_dir=pin_dir)
+    first.set_ban("203.0.113.9", NO_EXPIRY)
+    first._ban_filter.clear()  # the bit lost, the entry kept
+    assert first.test_run(P.udp_frame(INVITE, src="203.0.113.9")).reason != "banned"
+    first.close()
+    second = Program(pin_dir=pin_dir, count_all=True)
+    try:
+        assert second.test_run(P.udp_frame(INVITE, src="203.0.113.9")).reason == "banned"
+    finally:
+        second.close()
+
+
 @pytest.mark.parametrize("cflags,differs", [
     (OLD_BINDING_LAYOUT, "bindings: hash, key 24 B, value 216 B, 131072 entries, "
                          "this build has hash, key 24 B, value 208 B"),

@@ -106,7 +106,7 @@ def key_text(raw: bytes, ipv6_prefix: int) -> str:
 
 def ban_slot(key: bytes) -> int:
     """The bit of the bans' filter a ban key sets; the twin of the slot in
-    banned() in bpf/nfguard.c."""
+    ban_of() in bpf/nfguard.c."""
     w0, w1 = struct.unpack("<QQ", key)
     return (((w0 ^ w1) * 0x9E3779B97F4A7C15) & _MASK64) >> (64 - consts.BAN_FILTER_LOG2)
 
@@ -362,9 +362,10 @@ class Program:
             if not self.ports():
                 self.set_ports([5060])
         self._seed = self._config[ctypes.c_uint32(0)].cred_seed
-        # pinned bans and filter are kept together, but a writer that died
-        # between the two would leave a ban its filter hides
-        self._rebuild_ban_filter()
+        if pin_dir:
+            # pinned bans and filter are kept together, but a writer that
+            # died between the two would leave a ban its filter hides
+            self._rebuild_ban_filter()
 
     # -- configuration -------------------------------------------------
     def configure(
@@ -623,7 +624,7 @@ class Program:
         if a.version == 4:  # an IPv6 packet from ::ffff:a.b.c.d is masked
             return raw
         mask = prefix_mask(self._ipv6_prefix())
-        return bytes(a & m for a, m in zip(raw, mask, strict=True))
+        return bytes(byte & m for byte, m in zip(raw, mask, strict=True))
 
     def _ban_map_key(self, ip_or_key: str):
         """The map key of an address, or of a key as ban_key() writes it."""
