@@ -24,6 +24,8 @@ SUBCOMMANDS = {
     "unban": ("nfguard.cli.bans:Unban", "lift the ban of an address"),
     "check": ("nfguard.cli.check", "what the kernel would do with USER@REALM's INVITE from IP"),
     "events": ("nfguard.cli.events", "follow the kernel's verdict events"),
+    "freeswitch-install": ("nfguard.cli.freeswitch_install", "run the guard for TLS, WS, WSS "
+                           "and TCP calls first in every context of FreeSWITCH's dialplan"),
     "uninstall": ("nfguard.cli.uninstall", "detach, delete the nft table and the pinned maps"),
     "demo": ("nfguard.cli.demo", "the main job without FreeSWITCH, in network namespaces"),
     "selftest": ("nfguard.cli.selftest", "check this host: kernel, headers, compile, rules, "
