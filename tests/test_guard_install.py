@@ -47,7 +47,7 @@ def conf(tmp_path):
 
 def _first_children(path):
     root = ET.fromstring(open(path).read().replace(INCLUDE, "<GUARD/>"))
-    return [list(ctx)[0].tag for ctx in root.iter("context")]
+    return [next(iter(ctx)).tag for ctx in root.iter("context")]
 
 
 def test_install_puts_the_guard_first_in_every_context(conf):
@@ -117,7 +117,7 @@ def test_bad_guard_paths_are_refused(conf, bad, problem, tmp_path_factory):
 
 
 def test_not_a_freeswitch_conf_dir(tmp_path):
-    with pytest.raises(InstallError, match="no freeswitch.xml"):
+    with pytest.raises(InstallError, match=r"no freeswitch\.xml"):
         install(str(tmp_path))
     (tmp_path / "freeswitch.xml").write_text("<document/>")
     with pytest.raises(InstallError, match="FusionPBX"):
@@ -140,7 +140,8 @@ def test_the_command_line(conf):
     assert _first_children(conf / "dialplan" / "default.xml") == ["GUARD"]
     out = subprocess.run(cmd + ["--no-reload"], capture_output=True, text=True, cwd=ROOT)
     assert "installed already" in out.stdout
-    out = subprocess.run(cmd + ["--remove", "--no-reload"], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(cmd + ["--remove", "--no-reload"], capture_output=True, text=True,
+                         cwd=ROOT)
     assert out.returncode == 0 and "taken out" in out.stdout
     out = subprocess.run(cmd[:4] + ["--conf-dir", "/nonexistent"], capture_output=True,
                          text=True, cwd=ROOT)
