@@ -52,6 +52,11 @@ ESL_IP = "127.0.0.1"
 API_SRC = "127.0.0.2"  # the harness's ESL source address (see the module doc)
 FLUSH_SETTLE = 1.0  # seconds: see FreeSwitch.flush()
 DEFAULT_PROFILES = {"internal": {"port": 5060, "multiple_registrations": None}}
+# A profile with every transport (write_config): UDP and TCP on port, TLS,
+# WS and WSS on their own ports
+ALL_TRANSPORTS = {"internal": {"port": 5060, "multiple_registrations": None, "tls_port": 5061,
+                               "ws_port": 5066, "wss_port": 7443}}
+TLS_VERSIONS = "tlsv1.2"  # what sofia-sip 1.13.17 offers (and Python's ssl accepts)
 MODES = (None, "contact", "true", "call-id")
 # conf-example's directory: realm -> user -> password
 USERS = {"pbx.test": {"1001": "pass1001", "1002": "pass1002", "1003": "pass1003"},
@@ -201,6 +206,27 @@ def _sub(pattern: str, repl: str, text: str, what: str) -> str:
     return out
 
 
+def make_certificate(tls_dir: str, ip: str) -> None:
+    """A self-signed certificate for ip (CN pbx.test) in tls_dir, in the
+    files FreeSWITCH reads there: agent.pem (key and certificate: the TLS
+    transport's), cafile.pem (the certificate) and wss.pem (key and
+    certificate: the WSS transport's). Clients do not verify it."""
+    os.makedirs(tls_dir, exist_ok=True)
+    key, cert = os.path.join(tls_dir, "key.pem"), os.path.join(tls_dir, "cert.pem")
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                        "-subj", "/CN=pbx.test", "-addext", f"subjectAltName=IP:{ip},DNS:pbx.test",
+                        "-keyout", key, "-out", cert], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise FreeSwitchError(f"openssl req -x509 failed: {r.stderr.strip()[-500:]}")
+    key_pem, cert_pem = open(key).read(), open(cert).read()
+    for name, text in (("agent.pem", key_pem + cert_pem), ("cafile.pem", cert_pem),
+                       ("wss.pem", cert_pem + key_pem)):
+        with open(os.path.join(tls_dir, name), "w") as f:
+            f.write(text)
+    for path in (key, cert):
+        os.remove(path)
+
+
 def write_config(home: str, conf: str, profiles: dict[str, dict], ip: str, esl_port: int,
                  password: str) -> None:
     """conf-example copied to conf and patched: the address, the Event
@@ -219,6 +245,9 @@ def write_config(home: str, conf: str, profiles: dict[str, dict], ip: str, esl_p
     text = _sub(r'name="password" value="[^"]*"', f'name="password" value="{password}"',
                 text, "ESL password")
     open(path, "w").write(text)
+
+    if any(p.get("tls_port") or p.get("wss_port") for p in profiles.values()):
+        make_certificate(os.path.join(conf, "tls"), ip)
 
     sip_dir = os.path.join(conf, "sip_profiles")
     template = open(os.path.join(sip_dir, "internal.xml")).read()
@@ -242,6 +271,17 @@ def write_config(home: str, conf: str, profiles: dict[str, dict], ip: str, esl_p
             extra.append(f'<param name="multiple-registrations" value="{mode}"/>')
         if not p.get("tcp", True):
             extra.append('<param name="bind-params" value="transport=udp"/>')
+        if p.get("tls_port"):
+            # the template's own TLS params (tls-bind-params transport=tls,
+            # tls-verify-policy none ...) stay; these are set here
+            for param, value in (("tls", "true"), ("tls-sip-port", p["tls_port"]),
+                                 ("tls-version", TLS_VERSIONS)):
+                text = _sub(rf'<param name="{param}" value="[^"]*"/>',
+                            f'<param name="{param}" value="{value}"/>', text, param)
+            extra.append(f'<param name="tls-cert-dir" value="{os.path.join(conf, "tls")}"/>')
+        for kind in ("ws", "wss"):
+            if p.get(f"{kind}_port"):
+                extra.append(f'<param name="{kind}-binding" value=":{p[f"{kind}_port"]}"/>')
         if extra:
             text = _sub(r"<settings>", "<settings>\n    " + "\n    ".join(extra), text,
                         "<settings>")
@@ -271,8 +311,10 @@ def parse_registrations(xml_text: str) -> list[dict]:
 class FreeSwitch:
     """One FreeSWITCH in topo's PBX namespace with one SIP profile per entry
     of profiles: name -> {"port": int, "multiple_registrations": None |
-    "contact" | "true" | "call-id", "tcp": bool (default True)}. None (the
-    vanilla default, commented out) means one registration per user."""
+    "contact" | "true" | "call-id", "tcp": bool (default True), and, each
+    optional, "tls_port", "ws_port", "wss_port": int}. None (the vanilla
+    default, commented out) means one registration per user. A TLS or WSS
+    port makes a self-signed certificate in CONF/tls (make_certificate)."""
 
     def __init__(self, topo: Topology, profiles: dict[str, dict] | None = None,
                  password: str = "ClueCon", esl_port: int = 8021):
@@ -293,8 +335,15 @@ class FreeSwitch:
         self.proc: subprocess.Popen | None = None
         write_config(self.home, self.conf, self.profiles, self.sip_ip, esl_port, password)
 
-    def port(self, profile: str) -> int:
-        return self.profiles[profile]["port"]
+    def port(self, profile: str, transport: str = "udp") -> int:
+        """The profile's port for transport: udp and tcp share "port";
+        tls, ws and wss have their own (FreeSwitchError: not configured)."""
+        p = self.profiles[profile]
+        if transport in ("udp", "tcp"):
+            return p["port"]
+        if not p.get(f"{transport}_port"):
+            raise FreeSwitchError(f"profile {profile} has no {transport} listener")
+        return p[f"{transport}_port"]
 
     # -- life cycle ----------------------------------------------------------
     def routes(self) -> None:

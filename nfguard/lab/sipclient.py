@@ -4,7 +4,10 @@ say: REGISTER with a chosen Call-ID, Contact and source port, unregister
 whose outcome is a status code or None (no answer: dropped).
 
 Over UDP (retransmitting as RFC 3261's timers A/E, T1 = 0.5 s, capped at
-4 s) or TCP (one connection per transaction or call). Digest auth as RFC
+4 s), TCP, TLS (Python's ssl, the server's certificate not verified: the
+lab's is self-signed), WS or WSS (SIP over WebSocket, RFC 7118, with
+nfguard.lab.websocket); a stream transport opens one connection per
+transaction or call. Digest auth as RFC
 2617: MD5, with qop=auth when the challenge offers it. Each request or call
 uses a socket of its own, made inside the client's namespace and bound to
 src; nothing is shared between calls, so a test reads as a list of what
@@ -17,10 +20,14 @@ import hashlib
 import os
 import re
 import socket
+import ssl
 import time
 import uuid
 
 from nfguard.kernel.attach import in_netns
+from nfguard.lab.websocket import WebSocket
+
+TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
 
 T1, T2 = 0.5, 4.0
 # A G.711 offer: FreeSWITCH answers the echo test only with media agreed.
@@ -77,6 +84,15 @@ def digest(method: str, uri: str, user: str, password: str, challenge: str) -> s
     return out
 
 
+def tls_context() -> ssl.SSLContext:
+    """A client context that accepts any certificate (the lab's is
+    self-signed)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class _Channel:
     """One socket to the server: send a message, receive the next one."""
 
@@ -86,17 +102,29 @@ class _Channel:
         kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
         with in_netns(ns):
             self.sock = socket.socket(socket.AF_INET, kind)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(src)
-        if transport == "tcp":
-            self.sock.settimeout(5)
-            self.sock.connect(dst)
+        self.ws: WebSocket | None = None
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind(src)
+            if transport != "udp":
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.sock.settimeout(5)
+                self.sock.connect(dst)
+                if transport in ("tls", "wss"):
+                    self.sock = tls_context().wrap_socket(self.sock)
+                if transport in ("ws", "wss"):
+                    self.ws = WebSocket(self.sock, f"{dst[0]}:{dst[1]}")
+        except BaseException:
+            self.sock.close()
+            raise
         self.local = self.sock.getsockname()
         self.buf = b""
 
     def send(self, data: bytes) -> None:
         if self.transport == "udp":
             self.sock.sendto(data, self.dst)
+        elif self.ws is not None:
+            self.ws.send(data)
         else:
             self.sock.sendall(data)
 
@@ -106,6 +134,9 @@ class _Channel:
         try:
             if self.transport == "udp":
                 return Message(self.sock.recv(65535))
+            if self.ws is not None:
+                raw = self.ws.recv()
+                return Message(raw) if raw is not None else None
             while True:
                 end = self.buf.find(b"\r\n\r\n")
                 if end >= 0:
@@ -118,7 +149,7 @@ class _Channel:
                 if not chunk:
                     return None
                 self.buf += chunk
-        except (TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError, ssl.SSLError):
             return None
 
     def close(self) -> None:
@@ -131,8 +162,8 @@ class SipClient:
 
     def __init__(self, ns: str | None, ip: str, server: tuple[str, int],
                  transport: str = "udp", timeout: float = 4.0):
-        if transport not in ("udp", "tcp"):
-            raise ValueError(f"transport {transport!r}: udp or tcp")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport {transport!r}: one of {', '.join(TRANSPORTS)}")
         self.ns, self.ip, self.server = ns, ip, server
         self.transport, self.timeout = transport, timeout
         self.last: Message | None = None  # the last final response, for a test to look at
@@ -199,7 +230,7 @@ class SipClient:
         return _Channel(self.ns, self.transport, src or (self.ip, 0), self.server)
 
     def _contact(self, user: str, ch: _Channel) -> str:
-        tp = ";transport=tcp" if self.transport == "tcp" else ""
+        tp = f";transport={self.transport}" if self.transport != "udp" else ""
         return f"<sip:{user}@{ch.local[0]}:{ch.local[1]}{tp}>"
 
     @staticmethod
