@@ -25,7 +25,7 @@ from nfguard.errors import NfguardError
 
 MARK = "<!-- nfguard guard -->"
 SNIPPET = "nfguard/guard-extension.xml"  # relative to the conf dir, as FreeSWITCH reads it
-INCLUDE = f'{MARK}<X-PRE-PROCESS cmd="include" data="{SNIPPET}"/>'
+INCLUDE = f'{MARK}<X-PRE-PROCESS cmd="include" data="../{SNIPPET}"/>'  # relative to dialplan/
 PACKAGE_DIR = "/usr/share/nfguard/freeswitch"
 _CONTEXT = re.compile(r"<context\b[^>]*?(?<!/)>")
 
