@@ -572,15 +572,22 @@ function M.fire_event(env, vars, res, action)
   e:fire()
 end
 
+-- "ip:port" for a log line, "[v6]:port" when the address has colons.
+local function endpoint(ip, port)
+  ip = printable(ip)
+  if find(ip, ":", 1, true) then ip = "[" .. ip .. "]" end
+  return ip .. ":" .. printable(port)
+end
+
 -- Carry out a verdict: one log line and the event; in enforce 403 and hang up.
 function M.act(session, env, vars, res)
   if res.action ~= "verdict" then return end
   local action = res.mode == "monitor" and "monitor" or "refused"
   env.log(action == "refused" and "WARNING" or "NOTICE",
-    format("nfguard guard: %s %s@%s from %s:%s over %s: %s (state %s, profile %s, call-id %s)%s",
+    format("nfguard guard: %s %s@%s from %s over %s: %s (state %s, profile %s, call-id %s)%s",
       action == "refused" and "refused" or "monitor: would refuse",
-      printable(vars.sip_auth_username), printable(vars.sip_auth_realm), printable(vars.sip_network_ip),
-      printable(vars.sip_network_port), res.transport, res.verdict, res.state,
+      printable(vars.sip_auth_username), printable(vars.sip_auth_realm),
+      endpoint(vars.sip_network_ip, vars.sip_network_port), res.transport, res.verdict, res.state,
       printable(vars.sofia_profile_name), printable(vars.sip_call_id),
       res.error and (" [error: " .. printable(res.error) .. "]") or ""))
   -- The refusal must not depend on the event or the 403 getting out.

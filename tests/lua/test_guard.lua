@@ -530,6 +530,9 @@ case { name = "event headers (monitor, fallback, missing variables)", hash = {},
 case { name = "log line names credential, address, transport, verdict",
        hash = bound(META_ENFORCE, K1001, "10.9.9.9=" .. FUTURE), vars = {}, expect = "refused", verdict = "not_bound",
        check = logged("WARNING", "nfguard guard: refused 1001@pbx.test from 203.0.113.5:5061 over tls: not_bound") }
+case { name = "log line puts an IPv6 source in brackets", hash = bound(META_ENFORCE, K1001, "10.9.9.9=" .. FUTURE),
+       vars = { sip_network_ip = "2001:db8::9" }, expect = "refused", verdict = "not_bound",
+       check = logged("WARNING", "from [2001:db8::9]:5061 over tls: not_bound") }
 case { name = "log line escapes control bytes of the user", hash = bound(META_ENFORCE, K1001, "10.9.9.9=" .. FUTURE),
        vars = { sip_auth_username = "evil\nnfguard guard: fake" }, expect = "refused", verdict = "not_bound",
        check = function(_, fs)
