@@ -555,3 +555,51 @@ def test_bad_bans_and_rate_limits_name_the_key(top, key, words):
     msg = error(minimal(**top))
     assert msg.startswith(f"{SRC}: {key}: "), msg
     assert words in msg, msg
+
+
+# -- freeswitch_guard --------------------------------------------------------------
+def test_freeswitch_guard_defaults_and_the_example():
+    cfg = parse_config(minimal())
+    assert cfg.guard_enabled is True and cfg.guard_transports == ("tcp", "tls", "ws", "wss")
+    ex = load_config(EXAMPLE)
+    assert (ex.guard_enabled, ex.guard_transports) == (cfg.guard_enabled, cfg.guard_transports)
+
+
+@pytest.mark.parametrize("value, enabled, transports", [
+    ({}, True, ("tcp", "tls", "ws", "wss")),
+    ({"enabled": False}, False, ("tcp", "tls", "ws", "wss")),
+    ({"transports": "default"}, True, ("tcp", "tls", "ws", "wss")),
+    ({"transports": "all"}, True, "all"),
+    ({"transports": ["WSS", "udp", "tls"]}, True, ("udp", "tls", "wss")),  # canonical order
+    ({"transports": ["udp", "tcp", "tls", "ws", "wss"]}, True,
+     ("udp", "tcp", "tls", "ws", "wss")),
+])
+def test_freeswitch_guard_accepted(value, enabled, transports):
+    cfg = parse_config(minimal(freeswitch_guard=value))
+    assert (cfg.guard_enabled, cfg.guard_transports) == (enabled, transports)
+
+
+@pytest.mark.parametrize("value, key, words", [
+    ([True], "freeswitch_guard", "must be a mapping"),
+    ({"enabled": "yes"}, "freeswitch_guard.enabled", "true or false, not 'yes'"),
+    ({"enabled": None}, "freeswitch_guard.enabled", "has no value"),
+    ({"enable": True}, "freeswitch_guard.enable", "did you mean 'enabled'"),
+    ({"transports": "everything"}, "freeswitch_guard.transports",
+     "must be default, all, or a list"),
+    ({"transports": "tls"}, "freeswitch_guard.transports", "a list of one: [tls]"),
+    ({"transports": "defualt"}, "freeswitch_guard.transports", "did you mean 'default'"),
+    ({"transports": []}, "freeswitch_guard.transports", "must not be empty"),
+    ({"transports": ["tls", "tsl"]}, "freeswitch_guard.transports[1]",
+     "one of udp, tcp, tls, ws, wss, not 'tsl' (did you mean 'tls'?)"),
+    ({"transports": ["tls", 5]}, "freeswitch_guard.transports[1]", "not 5"),
+    ({"transports": ["tls", "TLS"]}, "freeswitch_guard.transports[1]", "tls is listed twice"),
+    ({"transports": 5}, "freeswitch_guard.transports", "not 5"),
+])
+def test_freeswitch_guard_rejected(value, key, words):
+    msg = error(minimal(freeswitch_guard=value))
+    assert msg.startswith(f"{SRC}: {key}: "), msg
+    assert words in msg, msg
+
+
+def test_freeswitch_guard_misspelt_top_key():
+    assert "did you mean 'freeswitch_guard'" in error(minimal(freeswitch_gaurd={}))

@@ -41,6 +41,12 @@ UNIX_PATH_MAX = 108  # sun_path, with the terminating NUL
 BPF_FS = "/sys/fs/bpf"
 
 
+# freeswitch_guard.transports: what the Lua guard judges in monitor mode
+# (fsguard.py; in enforce mode it judges every authenticated call)
+GUARD_TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
+GUARD_DEFAULT_TRANSPORTS = ("tcp", "tls", "ws", "wss")
+
+
 class ConfigError(NfguardError):
     """The configuration cannot be used; the message names file, key and problem."""
 
@@ -76,13 +82,17 @@ class Config:
     bans: BanPolicy = field(default_factory=BanPolicy)
     # {class: (requests a second, burst)}, every class (policy.rate_limits)
     rate_limits: dict = field(default_factory=lambda: dict(policy.DEFAULT_RATE_LIMITS))
+    # freeswitch_guard: the state the Lua guard in FreeSWITCH reads (fsguard.py)
+    guard_enabled: bool = True
+    guard_transports: tuple[str, ...] | str = GUARD_DEFAULT_TRANSPORTS  # or "all"
 
 
 TOP_KEYS = ("interfaces", "esl", "ports", "methods", "mode", "action", "trusted", "fragments",
             "resync_interval", "expiry_grace", "degraded_grace", "first_sync_timeout",
             "alert_interval",
             "events_per_sec", "reject_mark", "metrics", "on_stop", "pin_dir", "socket",
-            "bans", "rate_limits")
+            "bans", "rate_limits", "freeswitch_guard")
+GUARD_KEYS = ("enabled", "transports")
 BANS_KEYS = ("enabled", "failures", "window", "ban_time", "increment", "max_ban_time",
              "ipv6_prefix")
 RATE_CLASS_KEYS = tuple(consts.RATE_CLASSES)
@@ -186,6 +196,8 @@ def parse_config(data, source: str = "config") -> Config:
         kw["bans"] = c.bans(top["bans"])
     if "rate_limits" in top:
         kw["rate_limits"] = c.rate_limits(top["rate_limits"])
+    if "freeswitch_guard" in top:
+        kw["guard_enabled"], kw["guard_transports"] = c.freeswitch_guard(top["freeswitch_guard"])
     return Config(**kw)
 
 
@@ -365,6 +377,49 @@ class _Checker:
                 if key not in limit:
                     self.fail(f"rate_limits.{cls}.{key}", "is required")
         return self.apply(policy.rate_limits, items)
+
+    def freeswitch_guard(self, value) -> tuple[bool, tuple[str, ...] | str]:
+        items = self.mapping("freeswitch_guard", value, GUARD_KEYS,
+                             "such as {enabled: true, transports: default}")
+        enabled, transports = True, GUARD_DEFAULT_TRANSPORTS
+        if "enabled" in items:
+            if not isinstance(items["enabled"], bool):
+                self.fail("freeswitch_guard.enabled",
+                          f"must be true or false, not {_show(items['enabled'])}")
+            enabled = items["enabled"]
+        if "transports" in items:
+            transports = self.guard_transports("freeswitch_guard.transports",
+                                               items["transports"])
+        return enabled, transports
+
+    def guard_transports(self, path, value) -> tuple[str, ...] | str:
+        example = f"default, all, or a list such as [{', '.join(GUARD_DEFAULT_TRANSPORTS)}]"
+        if isinstance(value, str):
+            if value == "default":
+                return GUARD_DEFAULT_TRANSPORTS
+            if value == "all":
+                return "all"
+            hint = _suggest(value, ("default", "all", *GUARD_TRANSPORTS))
+            if value in GUARD_TRANSPORTS:
+                hint = f" (a list of one: [{value}])"
+            self.fail(path, f"must be {example}, not {_show(value)}{hint}")
+        if not isinstance(value, list):
+            self.fail(path, f"must be {example}, not {_show(value)}")
+        if not value:
+            self.fail(path, "must not be empty (to judge no transport, set "
+                      "freeswitch_guard.enabled: false)")
+        seen: list[str] = []
+        for i, item in enumerate(value):
+            where = f"{path}[{i}]"
+            if not isinstance(item, str) or item.lower() not in GUARD_TRANSPORTS:
+                hint = _suggest(item.lower(), GUARD_TRANSPORTS) if isinstance(item, str) else ""
+                self.fail(where, f"must be one of {', '.join(GUARD_TRANSPORTS)}, "
+                          f"not {_show(item)}{hint}")
+            name = item.lower()
+            if name in seen:
+                self.fail(where, f"{name} is listed twice")
+            seen.append(name)
+        return tuple(t for t in GUARD_TRANSPORTS if t in seen)  # canonical order
 
     # -- lists (the policy values: nfguard.policy checks them)
     def ports(self, value) -> tuple[int, ...]:
