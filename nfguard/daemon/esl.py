@@ -44,10 +44,10 @@ BODY_PIECE = 1 << 16  # a streamed body (api_into) is fed this many bytes at a t
 MAX_HEADER_LINE = 64 << 10
 
 # What nfguard follows (JSON keeps values raw: the plain format's URL
-# encoding mangles NAT contacts): registrations, and failed
-# authentications for the bans.
+# encoding mangles NAT contacts): registrations, failed authentications
+# for the bans, and the verdicts of the Lua guard in FreeSWITCH (fsguard.py).
 SUBSCRIBE = ("event json CUSTOM sofia::register sofia::unregister sofia::expire "
-             "sofia::register_failure")
+             "sofia::register_failure nfguard::guard")
 
 EVENT_TYPES = ("text/event-json", "text/event-plain")
 
@@ -321,6 +321,33 @@ class EslConnection:
         reply = await self._request(f"api {cmd}", timeout)
         return reply.body.decode("utf-8", "replace")
 
+    async def api_many(self, cmds: list[str], timeout: float = 60.0) -> list[str]:
+        """Run several `api` commands pipelined: all written at once, the
+        replies (bodies, in order) awaited together; `timeout` is for the
+        whole batch. EslError when the connection is lost meanwhile."""
+        if self.closed.is_set():
+            raise EslError(f"connection lost: {self.close_reason}")
+        if not cmds:
+            return []
+        data = b"".join(encode_command(f"api {cmd}") for cmd in cmds)
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future() for _ in cmds]
+        async with self._send_lock:
+            self._pending.extend((fut, None) for fut in futs)
+            try:
+                self._writer.write(data)
+                await self._writer.drain()
+            except (OSError, RuntimeError) as e:
+                self._abort(f"write failed: {e}")
+        try:
+            frames = await asyncio.wait_for(asyncio.shield(asyncio.gather(*futs)), timeout)
+        except TimeoutError:
+            what = cmds[0].split()[0] if cmds[0].split() else "api"
+            self._abort(f"no reply to {len(cmds)} {what!r} commands within {timeout:g} s")
+            raise EslError(f"no reply to {len(cmds)} {what!r} commands within "
+                           f"{timeout:g} s") from None
+        return [f.body.decode("utf-8", "replace") for f in frames]
+
     async def api_into(self, cmd: str, feed: Callable[[bytes], None],
                        timeout: float = 60.0) -> None:
         """Run `api CMD`, its body fed to feed() a piece at a time as it
@@ -459,13 +486,20 @@ class EndpointRunner:
 
     Drift: from the second resync on, the bindings a resync added or
     removed that no event or re-read named around it are counted in
-    `drift` and logged: the event stream missed them."""
+    `drift` and logged: the event stream missed them.
+
+    Hooks: `on_connected(conn)` is called once a session's first resync is
+    done (the connection is up and in sync), `on_disconnected()` when that
+    session ends; other users of the connection (fsguard.GuardMirror) write
+    through it meanwhile. What they raise is logged, never the session's end."""
 
     def __init__(self, endpoint: Endpoint, sink: Sink, *, snapshot, parse, reread=None,
                  on_change: Callable[[object], None] | None = None,
                  backoff: Backoff | None = None, resync_interval: float | None = None,
                  timeout: float = 5.0, clock: Callable[[], float] = time.time,
-                 reread_delay: float = REREAD_DELAY):
+                 reread_delay: float = REREAD_DELAY,
+                 on_connected: Callable[[EslConnection], None] | None = None,
+                 on_disconnected: Callable[[], None] | None = None):
         self.endpoint = endpoint
         self.sink = sink
         self._snapshot = snapshot
@@ -473,6 +507,8 @@ class EndpointRunner:
         self._reread = reread
         self.reread_delay = reread_delay
         self._on_change = on_change or (lambda diff: None)
+        self._on_connected = on_connected
+        self._on_disconnected = on_disconnected
         self.backoff = backoff or Backoff()
         self.resync_interval = resync_interval
         self.timeout = timeout
@@ -542,6 +578,7 @@ class EndpointRunner:
         conn = await EslConnection.open(ep.host, ep.port, ep.read_password(),
                                         on_event=self._on_frame, timeout=self.timeout)
         rereads = None
+        hooked = False
         try:
             self.connects += 1
             await conn.command(SUBSCRIBE, timeout=self.timeout)
@@ -549,6 +586,9 @@ class EndpointRunner:
             self.state = "up"
             self.backoff.reset()
             log.info("ESL %s: connected to %s:%d and in sync", ep.name, ep.host, ep.port)
+            if self._on_connected is not None:
+                hooked = True
+                self._hook(self._on_connected, conn)
             if self._reread is not None:
                 rereads = asyncio.get_running_loop().create_task(self._reread_loop(conn))
             while True:
@@ -566,6 +606,14 @@ class EndpointRunner:
                 except (asyncio.CancelledError, EslError):
                     pass
             await conn.close()
+            if hooked and self._on_disconnected is not None:
+                self._hook(self._on_disconnected)
+
+    def _hook(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:  # a hook's bug must not end (or hide) the following
+            log.exception("ESL %s: a connection hook failed", self.endpoint.name)
 
     async def _resync(self, conn: EslConnection) -> None:
         async with self._api_lock:

@@ -21,6 +21,11 @@ captures in tests/fixtures/freeswitch-real/ and explained in their README):
   or `realm`. It never changes bindings: parse_event() returns an
   AuthFailure, which follow() hands to the bans (bans.py), never to the
   registry.
+- `nfguard::guard` (CUSTOM): a failing verdict of nfguard's Lua guard in
+  FreeSWITCH (freeswitch/nfguard_guard.lua: calls over TCP, TLS and
+  WebSocket, which XDP does not see). parse_event() returns a
+  GuardVerdict, which follow() hands to on_guard_verdict, never to the
+  registry.
 - `pre_register` and `register_attempt` also fire for INVITE challenges
   and never change bindings: they are ignored (and not subscribed to).
 
@@ -158,6 +163,65 @@ class AuthFailure:
         return f"{text} ({self.method})" if self.method else text
 
 
+GUARD_REASONS = ("not_bound", "expired", "malformed")
+GUARD_ACTIONS = ("refused", "monitor")
+GUARD_STATES = ("nfguard", "registrations")
+# What a guard verdict's transport may be named; anything else the caller
+# wrote in its Via is "unknown" (a metric label must not be the attacker's).
+GUARD_EVENT_TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss", "sctp", "unknown")
+
+
+@dataclass(frozen=True)
+class GuardVerdict:
+    """A failing verdict of the Lua guard in FreeSWITCH (nfguard::guard):
+    for the alerts and counters, never for the registry. `ip` is normalized
+    (for reason "malformed": the text FreeSWITCH had, printable, at most 64
+    characters); `port` 0 when absent."""
+    user: str
+    realm: str
+    ip: str
+    port: int
+    transport: str  # GUARD_EVENT_TRANSPORTS
+    reason: str  # GUARD_REASONS
+    action: str  # GUARD_ACTIONS: refused (403, enforce) or monitor
+    state: str  # what it judged by: nfguard's state, or FreeSWITCH's registrations
+    call_id: str
+    profile: str
+    fired: float = 0.0  # Event-Date-Timestamp in seconds, 0 unknown
+
+
+def _printable(text: str, limit: int = 64) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+
+
+def parse_guard(h: dict[str, str], fired: float) -> GuardVerdict:
+    """A GuardVerdict from an nfguard::guard event's headers; ValueError
+    (the reason) when it is not one the guard can have sent."""
+    reason, action, user, realm = _required(
+        h, "nfguard-verdict", "nfguard-action", "nfguard-user", "nfguard-realm")
+    if reason not in GUARD_REASONS:
+        raise ValueError(f"nfguard::guard with an unknown verdict {reason[:40]!r}")
+    if action not in GUARD_ACTIONS:
+        raise ValueError(f"nfguard::guard with an unknown action {action[:40]!r}")
+    state = h.get("nfguard-state", "")
+    if state not in GUARD_STATES:
+        raise ValueError(f"nfguard::guard with an unknown state {state[:40]!r}")
+    raw_ip = h.get("nfguard-source-ip", "")
+    if reason == "malformed":
+        ip = _ip_or_empty(raw_ip) or _printable(raw_ip.strip())
+    else:
+        ip = normalize_ip(raw_ip)
+    port_text = h.get("nfguard-source-port", "")
+    port = _port(port_text) if port_text else 0
+    transport = h.get("nfguard-transport", "").strip().lower() or "unknown"
+    if transport not in GUARD_EVENT_TRANSPORTS:
+        transport = "unknown"
+    return GuardVerdict(user=_printable(user, 256), realm=_printable(realm, 256), ip=ip,
+                        port=port, transport=transport, reason=reason, action=action,
+                        state=state, call_id=_printable(h.get("nfguard-call-id", ""), 256),
+                        profile=_printable(h.get("nfguard-profile", ""), 64), fired=fired)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A full registration table of one node."""
@@ -237,10 +301,10 @@ def _seconds(text: str, what: str) -> float:
 
 
 def parse_event(frame: Frame, node: str, now: float, late_margin: float = DEFAULT_LATE_MARGIN
-                ) -> Registered | Unregistered | AuthFailure | None:
-    """A registry event from an ESL event frame, or an AuthFailure (for the
-    bans); None for events that concern neither. ValueError (with the
-    reason) for a malformed one."""
+                ) -> Registered | Unregistered | AuthFailure | GuardVerdict | None:
+    """A registry event from an ESL event frame, an AuthFailure (for the
+    bans) or a GuardVerdict (for the alerts); None for events that concern
+    none of them. ValueError (with the reason) for a malformed one."""
     h = event_headers(frame)
     subclass = h.get("Event-Subclass", "")
     fired = _fired(h.get("Event-Date-Timestamp", ""))
@@ -277,6 +341,8 @@ def parse_event(frame: Frame, node: str, now: float, late_margin: float = DEFAUL
         return AuthFailure(normalize_ip(ip), h.get("to-user") or h.get("username", ""),
                            h.get("to-host") or h.get("realm", ""), h.get("profile-name", ""),
                            h.get("registration-type", ""), fired)
+    if subclass == "nfguard::guard":
+        return parse_guard(h, fired)
     return None
 
 
@@ -495,12 +561,14 @@ async def read_owner(conn, node: str, owner: tuple[str, str, str],
 
 
 def follow(endpoint, sink, *, late_margin: float = DEFAULT_LATE_MARGIN,
-           on_auth_failure=None, **kwargs):
+           on_auth_failure=None, on_guard_verdict=None, **kwargs):
     """An esl.EndpointRunner that keeps `sink` (the registry) in step with
     the endpoint's registrations: snapshots from sofia xmlstatus, events
     parsed here, and one owner's rows re-read where an event is not enough.
-    Failed authentications go to on_auth_failure(AuthFailure), never to
-    the registry."""
+    Failed authentications go to on_auth_failure(AuthFailure), the Lua
+    guard's verdicts to on_guard_verdict(GuardVerdict), never to the
+    registry. Other kwargs are EndpointRunner's (on_connected,
+    on_disconnected, ...)."""
     import time
 
     from nfguard.daemon.esl import EndpointRunner
@@ -512,6 +580,10 @@ def follow(endpoint, sink, *, late_margin: float = DEFAULT_LATE_MARGIN,
         if isinstance(event, AuthFailure):
             if on_auth_failure is not None:
                 on_auth_failure(event)
+            return None
+        if isinstance(event, GuardVerdict):
+            if on_guard_verdict is not None:
+                on_guard_verdict(event)
             return None
         return event
 
