@@ -9,6 +9,11 @@ event of 1001 (REGISTER_TEMPLATE) with other values put in. `sofia
 xmlstatus` answers are rendered from `table` the way mod_sofia's
 cmd_xml_status() writes them, or served verbatim from `api`.
 
+mod_hash (the `hash` and `hash_dump` api commands, answered as FreeSWITCH
+1.10.12's module does) over `hashes`: {realm: {key: value}}, kept across
+connections (a FreeSWITCH restart empties it: `hashes.clear()`); `mod_hash
+= False` answers as FreeSWITCH without the module.
+
 Faults on demand: a refused password, a connection dropped in the middle
 of a frame, writes cut into small pieces with pauses between them.
 """
@@ -181,6 +186,9 @@ class FakeEsl:
     pause: float = 0.0  # ... with this pause between them
     commands: list[str] = field(default_factory=list)
     api_delay: float = 0.0  # before answering an api command
+    hashes: dict[str, dict[str, str]] = field(default_factory=dict)  # mod_hash's db hash
+    mod_hash: bool = True  # False: FreeSWITCH without mod_hash
+    hash_log: list[str] = field(default_factory=list)  # hash commands that changed something
 
     def __post_init__(self):
         self._server: asyncio.AbstractServer | None = None
@@ -251,10 +259,54 @@ class FakeEsl:
                     await asyncio.sleep(self.pause)
         await w.drain()
 
+    def _hash(self, args: str) -> str:
+        """mod_hash's `hash` api (mod_hash.c: the arguments split at '/',
+        at most 4 fields)."""
+        usage = ("-ERR Usage: hash insert|insert_ifempty|select|delete|delete_ifmatch"
+                 "/realm/key[/value]\n")
+        argv = args.split("/", 3)
+        if len(argv) < 3 or not argv[1] or not argv[2]:
+            return usage
+        op, realm, key = argv[0], argv[1], argv[2]
+        value = argv[3] if len(argv) > 3 else None
+        db = self.hashes.setdefault(realm, {})
+        if op in ("insert", "insert_ifempty"):
+            if not value:
+                return usage
+            if op == "insert_ifempty" and key in db:
+                return "-ERR key already exists\n"
+            db[key] = value
+            self.hash_log.append(f"insert {key}")
+            return "+OK\n"
+        if op == "delete":
+            if key not in db:
+                return "-ERR Not found\n"
+            del db[key]
+            self.hash_log.append(f"delete {key}")
+            return "+OK\n"
+        if op == "select":
+            return db.get(key, "-ERR no reply\n")
+        return usage
+
+    def _hash_dump(self, args: str) -> str:
+        """`hash_dump db [realm]`: `D/<realm>_<key>/<value>` lines, the realm
+        matched as a substring (as mod_hash does)."""
+        what, _, realm = args.partition(" ")
+        if what not in ("all", "db", "limit"):
+            return "-USAGE: all|limit|db [<realm>]\n"
+        if what == "limit":
+            return ""
+        return "".join(f"D/{r}_{k}/{v}\n" for r, db in self.hashes.items() if realm in r
+                       for k, v in db.items())
+
     def _api_body(self, cmd: str) -> bytes:
         if cmd in self.api:
             body = self.api[cmd]
             return body.encode() if isinstance(body, str) else body
+        if self.mod_hash and cmd.startswith("hash "):
+            return self._hash(cmd[5:]).encode()
+        if self.mod_hash and cmd.startswith("hash_dump "):
+            return self._hash_dump(cmd[10:].strip()).encode()
         if cmd == "sofia xmlstatus":
             return profiles_xml(self.profiles).encode()
         for profile in self.profiles:
