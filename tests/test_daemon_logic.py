@@ -172,7 +172,7 @@ def test_one_alert_per_credential_and_address_per_interval(tmp_path, caplog):
         run(go())
     alerts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ALERT")]
     assert len(alerts) == 2
-    assert "1001@pbx.example.com were used from 198.51.100.7" in alerts[0]
+    assert "1001@pbx.example.com were used from 198.51.100.7 over udp, where" in alerts[0]
     assert "rotate it" in alerts[0] and "dropped" in alerts[0]
     assert "198.51.100.8" in alerts[1]
 

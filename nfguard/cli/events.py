@@ -1,5 +1,6 @@
-"""`nfguard events`: follow the kernel's verdict events as the daemon sees
-them (one line each, or JSON with --json), until interrupted."""
+"""`nfguard events`: follow the verdict events as the daemon sees them (the
+kernel's, over UDP, and the FreeSWITCH guard's; one line each, or JSON with
+--json), until interrupted."""
 
 from __future__ import annotations
 
@@ -21,8 +22,18 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(ev), flush=True)
         else:
-            print(f"{time.strftime('%H:%M:%S', time.localtime(ev['time']))} {ev['src']}:"
-                  f"{ev['sport']} {ev['user'] or '-'}@{ev['realm'] or '-'} {ev['reason']} -> "
-                  f"{ev['action']}" + (f" (would {ev['would']})"
-                                       if ev["would"] != ev["action"] else ""), flush=True)
+            print(line(ev), flush=True)
     return 0
+
+
+def line(ev: dict) -> str:
+    """One event: the kernel's (XDP, UDP), or the Lua guard's in FreeSWITCH."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(ev["time"]))
+    where = f" over {ev['transport']}" if ev.get("transport") else ""
+    who = f"{ev['user'] or '-'}@{ev['realm'] or '-'}"
+    if ev.get("stage") == "freeswitch":
+        return (f"{stamp} {ev['src']}:{ev['sport']}{where} {who} {ev['reason']} -> "
+                f"{ev['action']} (FreeSWITCH guard)")
+    return (f"{stamp} {ev['src']}:{ev['sport']}{where} {who} {ev['reason']} -> "
+            f"{ev['action']}" + (f" (would {ev['would']})" if ev["would"] != ev["action"]
+                                 else ""))

@@ -52,6 +52,33 @@ def freeswitch_drift_line(fs: dict) -> str:
             f"last {_ago(fs['last_at'])}: {last}")
 
 
+GUARD_STATES = {"down": "not connected", "connected": "waiting for the first full sync",
+                "syncing": "writing", "synced": "synced", "error": "write errors",
+                "no_mod_hash": "mod_hash NOT loaded", "cleared": "emptied (disabled)"}
+
+
+def guard_line(g: dict) -> str:
+    """The FreeSWITCH-side guard: whether each endpoint's FreeSWITCH holds
+    its state, and its verdicts by transport."""
+    if not g["enabled"]:
+        head = "disabled (freeswitch_guard.enabled)"
+    else:
+        t = g["transports"]
+        head = f"transports {t if t == 'all' else ','.join(t)}"
+    parts = []
+    for e in g["endpoints"]:
+        text = f"{e['name']} {GUARD_STATES.get(e['state'], e['state'])}"
+        if e["state"] == "synced":
+            text += f" ({e['keys']} keys, {_ago(e['synced_at'])})"
+        if e["errors"] and e["last_error"]:
+            text += f" [{e['errors']} error(s), last: {e['last_error']}]"
+        parts.append(text)
+    verdicts = g.get("verdicts") or {}
+    tail = ("verdicts " + ", ".join(f"{t} {n}" for t, n in sorted(verdicts.items()))
+            if verdicts else "no verdicts")
+    return "; ".join([head, *parts, tail])
+
+
 def show(st: dict) -> None:
     k = st["kernel"]
     print(f"daemon      {st['daemon']}" + (f" (pid {st['pid']}, up {st['uptime_s']:.0f} s)"
@@ -70,6 +97,8 @@ def show(st: dict) -> None:
             extra = f", last error: {e['last_error']}" if e["state"] != "up" else ""
             print(f"ESL         {e['name']} {e['host']}:{e['port']}: {e['state']}, last sync "
                   f"{_ago(e['last_sync'])}{extra}")
+        if st.get("guard") is not None:
+            print(f"guard       {guard_line(st['guard'])}")
     for i in st["interfaces"]:
         where = i["name"] + (f" (netns {i['netns']})" if i["netns"] else "")
         if i.get("error"):
@@ -112,8 +141,10 @@ def show(st: dict) -> None:
     if st["counters"]:
         print("counters    " + ", ".join(f"{k} {v}" for k, v in sorted(st["counters"].items())))
     for ev in st.get("recent_events", [])[-5:]:
-        print(f"event       {time.strftime('%H:%M:%S', time.localtime(ev['time']))} {ev['src']} "
-              f"{ev['user'] or '-'}@{ev['realm'] or '-'} {ev['reason']} -> {ev['action']}")
+        where = f" over {ev['transport']}" if ev.get("transport") else ""
+        print(f"event       {time.strftime('%H:%M:%S', time.localtime(ev['time']))} {ev['src']}"
+              f"{where} {ev['user'] or '-'}@{ev['realm'] or '-'} {ev['reason']} -> "
+              f"{ev['action']}" + (" (FreeSWITCH)" if ev.get("stage") == "freeswitch" else ""))
 
 
 def run(args: argparse.Namespace) -> int:

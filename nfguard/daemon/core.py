@@ -29,6 +29,12 @@ and makes the nft sets equal to its active bans.
 Everything the daemon changes outside itself goes through a backend
 (backend.py): the kernel, or an in-memory recording for tests.
 
+The FreeSWITCH-side guard (fsguard.py): the bindings, trusted networks and
+mode are mirrored into each FreeSWITCH's hash store, where the Lua guard
+judges calls over TCP, TLS and WebSocket (XDP sees UDP only); its failing
+verdicts (nfguard::guard events) give the same ALERT lines as the kernel's,
+the transport named.
+
 SIGHUP reloads the config (a bad one is refused and the running one kept);
 SIGTERM stops following and leaves enforcement in place unless `on_stop:
 detach`. Logs go to stderr (journald); systemd hears READY, STATUS and
@@ -52,7 +58,8 @@ from nfguard.daemon.bans import BanEntry, Banned, Bans, Spared, format_duration,
 from nfguard.daemon.config import Config, ConfigError, load_config
 from nfguard.daemon.esl import Backoff, EndpointRunner
 from nfguard.daemon.fsevents import follow
-from nfguard.daemon.registry import Binding, Diff, Registry, binding_of
+from nfguard.daemon.fsguard import GuardMirror
+from nfguard.daemon.registry import Binding, Diff, Registry, binding_of, kernel_case
 from nfguard.daemon.sdnotify import Notifier
 from nfguard.errors import AttachError, NfguardError
 
@@ -76,7 +83,7 @@ class Daemon:
         self._started_mono = time.monotonic()  # run() sets it again
         self.started = time.time()
         self._pending = Diff()
-        self._alerted: dict[tuple[str, str, str], float] = {}
+        self._alerted: dict[tuple, float] = {}  # what an ALERT named -> when
         self.recent_events: collections.deque = collections.deque(maxlen=100)
         self._subscribers: set[asyncio.Queue] = set()
         self.stats = collections.Counter()
@@ -84,6 +91,11 @@ class Daemon:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self.bans = Bans(cfg.bans, cfg.trusted)
+        self.guard = GuardMirror(self.registry.view, self.backend.mode,
+                                 enabled=cfg.guard_enabled, transports=cfg.guard_transports,
+                                 trusted=cfg.trusted)
+        # (reason, transport, action) -> the Lua guard's verdicts since start
+        self.guard_verdicts: collections.Counter = collections.Counter()
         # what start_kernel() found; a backend set up by its caller (bench
         # sync) counts as fresh
         self._loaded = Loaded(fresh=True, mode="monitor")
@@ -152,8 +164,12 @@ class Daemon:
 
     # -- following FreeSWITCH ----------------------------------------------
     def follow(self, endpoint) -> None:
+        name = endpoint.name
         runner = follow(endpoint, self.registry, on_change=self._on_change,
                         on_auth_failure=self._on_auth_failure,
+                        on_guard_verdict=self._on_guard_verdict,
+                        on_connected=lambda conn: self.guard.connected(name, conn),
+                        on_disconnected=lambda: self.guard.disconnected(name),
                         backoff=Backoff(), resync_interval=self.cfg.resync_interval)
         task = asyncio.get_running_loop().create_task(runner.run(), name=f"esl {endpoint.name}")
         self.runners[endpoint.name] = (runner, task)
@@ -165,6 +181,7 @@ class Daemon:
             await task
         except asyncio.CancelledError:
             pass
+        self.guard.forget(name)
 
     def _on_change(self, diff: Diff) -> None:
         self._pending.then(diff)
@@ -211,6 +228,11 @@ class Daemon:
             except Exception as e:  # noqa: BLE001 - logged, counted, fixed by the next sync
                 self.stats[f"{sink.name}_errors"] += 1
                 log.error("updating the %s bindings failed: %s", sink.name, e)
+        try:
+            self.guard.apply(diff)
+        except Exception:  # logged; the next full sync puts it right
+            self.stats["guard_errors"] += 1
+            log.exception("updating the FreeSWITCH guard's state failed")
         self.stats["diffs"] += 1
         self.stats["bindings_added"] += len(diff.added)
         self.stats["bindings_removed"] += len(diff.removed)
@@ -226,6 +248,7 @@ class Daemon:
         self.synced = True
         self.first_sync_at = now
         self._configure_kernel()
+        self.guard.start()  # every connected FreeSWITCH gets the state, mode and all
         if self._loaded.migrating:
             self.backend.attach(self.cfg.interfaces)
             self.backend.settle(self.cfg.pin_dir)
@@ -364,25 +387,60 @@ class Daemon:
                  "manual": e.manual, "reason": e.reason}
                 for e in self.bans.active(now)]
 
-    # -- kernel verdict events -----------------------------------------------
-    def _on_kernel_event(self, ev) -> None:
-        now = time.time()
-        item = {"time": now, **asdict(ev)}
+    # -- verdict events: the kernel's (UDP) and the Lua guard's ------------------
+    def _event(self, item: dict) -> None:
         self.recent_events.append(item)
         for q in list(self._subscribers):
             if q.qsize() < 1000:
                 q.put_nowait(item)
+
+    def _alert(self, user: str, realm: str, src: str, transport: str, reason: str,
+               outcome: str, now: float) -> None:
+        """One ALERT line per (credentials, source, transport) per
+        alert_interval: the credentials were used where they are not bound."""
+        key = (kernel_case(user), kernel_case(realm), src, transport)
+        last = self._alerted.get(key)
+        if last is not None and now - last < self.cfg.alert_interval:
+            return
+        self._alerted[key] = now
+        log.warning("ALERT: the credentials of %s@%s were used from %s over %s, where they "
+                    "are not registered (%s; %s): the password is likely compromised, "
+                    "rotate it", user, realm, src, transport, reason, outcome)
+
+    def _on_kernel_event(self, ev) -> None:
+        now = time.time()
+        self._event({"time": now, **asdict(ev), "stage": "xdp", "transport": "udp"})
         if ev.user and ev.reason in CREDENTIAL_VERDICTS:
-            key = (ev.user, ev.realm or "", ev.src)
+            self._alert(ev.user, ev.realm or "", ev.src, "udp", ev.reason,
+                        "dropped" if ev.action == "drop" else
+                        "rejected" if ev.action == "mark" else f"monitor, would {ev.would}",
+                        now)
+
+    def _on_guard_verdict(self, v) -> None:
+        """A failing verdict of the Lua guard in FreeSWITCH
+        (fsevents.GuardVerdict): counted, an item of the recent events, and
+        the kernel's ALERT line with the transport named."""
+        now = time.time()
+        self.stats["guard_verdicts"] += 1
+        self.guard_verdicts[(v.reason, v.transport, v.action)] += 1
+        self._event({"time": now, "stage": "freeswitch", "ts_ns": int(v.fired * 1e9),
+                     "src": v.ip, "sport": v.port, "dport": None, "reason": v.reason,
+                     "action": v.action, "would": "refused", "user": v.user,
+                     "realm": v.realm, "transport": v.transport, "state": v.state,
+                     "call_id": v.call_id, "profile": v.profile})
+        fallback = "" if v.state == "nfguard" else ", judged by FreeSWITCH's registrations"
+        outcome = ("refused with 403 by FreeSWITCH" if v.action == "refused" else
+                   "monitor, FreeSWITCH would refuse it with 403") + fallback
+        if v.reason in CREDENTIAL_VERDICTS:
+            self._alert(v.user, v.realm, v.ip, v.transport, v.reason, outcome, now)
+        else:  # malformed: FreeSWITCH's source address could not be read
+            key = ("malformed", v.profile, v.transport)
             last = self._alerted.get(key)
             if last is None or now - last >= self.cfg.alert_interval:
                 self._alerted[key] = now
-                log.warning(
-                    "ALERT: the credentials of %s@%s were used from %s, where they are not "
-                    "registered (%s; %s): the password is likely compromised, rotate it",
-                    ev.user, ev.realm, ev.src, ev.reason,
-                    "dropped" if ev.action == "drop" else
-                    "rejected" if ev.action == "mark" else f"monitor, would {ev.would}")
+                log.warning("the FreeSWITCH guard could not read the source address %r of a "
+                            "call with the credentials of %s@%s over %s (profile %s; %s)",
+                            v.ip, v.user, v.realm, v.transport, v.profile or "?", outcome)
 
     async def _ticker(self) -> None:
         next_watchdog = 0.0
@@ -434,6 +492,8 @@ class Daemon:
         self.bans.set_trusted(new.trusted)
         self._lift_trusted_bans()
         self._configure_kernel()
+        self.guard.update(enabled=new.guard_enabled, transports=new.guard_transports,
+                          trusted=new.trusted)
         self.backend.install(new)
         if not self._loaded.migrating:
             keys = {(i.name, i.netns) for i in new.interfaces}
@@ -529,7 +589,17 @@ class Daemon:
         })
         # beside "drift" (nfguard's own copies): FreeSWITCH against its events
         st["freeswitch_drift"] = self._freeswitch_drift()
+        st["guard"] = self.guard_status()
         return st
+
+    def guard_status(self) -> dict:
+        """The FreeSWITCH-side guard: its state per endpoint, its verdicts."""
+        by_transport: collections.Counter = collections.Counter()
+        for (_, transport, _), n in self.guard_verdicts.items():
+            by_transport[transport] += n
+        return {**self.guard.status(), "verdicts": dict(by_transport),
+                "verdicts_by": [{"reason": r, "transport": t, "action": a, "count": n}
+                                for (r, t, a), n in sorted(self.guard_verdicts.items())]}
 
     def ban_summary(self, now: float) -> dict:
         """The daemon's side of the bans: what it holds and has counted."""
@@ -580,6 +650,7 @@ class Daemon:
         log.info("stopping")
         for name in list(self.runners):
             await self.unfollow(name)
+        self.guard.close()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -54,6 +54,22 @@ def render(daemon) -> str:
         "# TYPE nfguard_auth_failures_total counter",
         f"nfguard_auth_failures_total {bans['auth_failures']}",
     ]
+    lines += [
+        "# HELP nfguard_guard_verdicts_total Failing verdicts of the Lua guard in FreeSWITCH "
+        "(nfguard::guard events).",
+        "# TYPE nfguard_guard_verdicts_total counter",
+    ]
+    for (reason, transport, action), n in sorted(daemon.guard_verdicts.items()):
+        lines.append(f'nfguard_guard_verdicts_total{{reason="{reason}",transport="{transport}",'
+                     f'action="{action}"}} {n}')
+    lines += [
+        "# HELP nfguard_guard_synced The guard's state is written in the endpoint's "
+        "FreeSWITCH (1) or not (0).",
+        "# TYPE nfguard_guard_synced gauge",
+    ]
+    for ep in daemon.guard.endpoints.values():
+        lines.append(f'nfguard_guard_synced{{endpoint="{ep.name}"}} '
+                     f'{1 if ep.state == "synced" else 0}')
     return "\n".join(lines) + "\n"
 
 
