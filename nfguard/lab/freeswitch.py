@@ -192,6 +192,83 @@ def esl_api(ns: str, cmd: str, port: int = 8021, password: str = "ClueCon",
                 return body.decode("utf-8", "replace")
 
 
+class EventListener:
+    """FreeSWITCH's events on an Event Socket connection of their own (from
+    API_SRC, as esl_api), read by a thread into a list of dicts (headers
+    URL-decoded; the body, if any, under "_body"). events: the `event
+    plain` list, e.g. "CHANNEL_EXECUTE CHANNEL_HANGUP_COMPLETE CUSTOM
+    nfguard::guard". Use as a context manager; close() ends it."""
+
+    def __init__(self, ns: str, events: str, port: int = 8021, password: str = "ClueCon",
+                 timeout: float = 10.0):
+        import threading
+
+        with in_netns(ns):
+            self.sock = socket.socket()
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.bind((API_SRC, 0))
+            self.sock.connect((ESL_IP, port))
+            self.f = self.sock.makefile("rb")
+            _read_frame(self.f)  # auth/request
+            self.sock.sendall(f"auth {password}\n\n".encode())
+            headers, _ = _read_frame(self.f)
+            if not headers.get("Reply-Text", "").startswith("+OK"):
+                raise FreeSwitchError(f"ESL: auth refused: {headers.get('Reply-Text')}")
+            self.sock.sendall(f"event plain {events}\n\n".encode())
+            headers, _ = _read_frame(self.f)
+            if not headers.get("Reply-Text", "").startswith("+OK"):
+                raise FreeSwitchError(f"ESL: event {events}: {headers.get('Reply-Text')}")
+        except BaseException:
+            self.sock.close()
+            raise
+        self.sock.settimeout(None)
+        self.events: list[dict[str, str]] = []
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        from urllib.parse import unquote
+
+        try:
+            while True:
+                headers, body = _read_frame(self.f)
+                if headers.get("Content-Type") != "text/event-plain":
+                    continue
+                text = body.decode("utf-8", "replace")
+                head, _, rest = text.partition("\n\n")
+                ev = {}
+                for line in head.splitlines():
+                    name, _, value = line.partition(":")
+                    ev[name.strip()] = unquote(value.strip())
+                if rest:
+                    ev["_body"] = rest
+                with self.lock:
+                    self.events.append(ev)
+        except (OSError, EOFError, ValueError):
+            pass
+
+    def of_call(self, call_id: str) -> list[dict[str, str]]:
+        """The events so far whose channel's SIP Call-ID is call_id (or
+        whose nfguard-call-id header is)."""
+        with self.lock:
+            return [e for e in self.events if call_id in (e.get("variable_sip_call_id"),
+                                                           e.get("nfguard-call-id"))]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)
+
+    def __enter__(self) -> EventListener:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _die_with_parent() -> None:
     """preexec_fn: SIGKILL when the process that started us dies (a test
     run killed mid-way leaves no FreeSWITCH or daemon behind)."""
@@ -440,6 +517,10 @@ class FreeSwitch:
                         self.proc.poll() is not None:
                     raise
                 time.sleep(0.05)
+
+    def listen(self, events: str) -> EventListener:
+        """An EventListener for events (see there), started."""
+        return EventListener(self.topo.name("pbx"), events, self.esl_port, self.password)
 
     def registrations(self, profile: str = "internal") -> list[dict]:
         """The profile's own registration table, sorted (parse_registrations)."""
