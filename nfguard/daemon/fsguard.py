@@ -3,7 +3,8 @@ store (mod_hash, realm `nfguard`) over each Event Socket.
 
 XDP judges SIP over UDP only; calls over TCP, TLS and WebSocket are judged
 inside FreeSWITCH by freeswitch/nfguard_guard.lua, which reads what this
-module writes (the contract: /work/notes/issue14-plan.md, summed up here):
+module writes, in this format (tests/test_guard_lua.py holds the two sides
+equal on the key encoding):
 
 - `meta`: `v=1;mode=<enforce|monitor>;transports=<list|all>;at=<unix s>`,
   written last by a full sync: its presence means nfguard's state is here
