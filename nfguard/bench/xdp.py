@@ -12,6 +12,8 @@ Targets (one function each in TARGETS; `xdp` is the default):
 - attack: the real FreeSWITCH under INVITE floods and a REGISTER brute
   force while a bound phone calls, without and with nfguard
   (nfguard/bench/attack.py; its own --calls and --seconds).
+- guard: FreeSWITCH's CPU per call without and with the FreeSWITCH-side
+  guard (nfguard/bench/guard.py; its own --guard-calls and --guard-rounds).
 
 - xdp: ns per packet of the XDP classifier under BPF_PROG_TEST_RUN with
   repeat, for a set of typical and worst-case frames, next to a bare XDP_PASS
@@ -40,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nfguard import packets, policy
-from nfguard.bench import attack
+from nfguard.bench import attack, guard
 from nfguard.bench.esl import bench_esl, print_esl
 from nfguard.bench.mirror import bench_mirror, print_mirror
 from nfguard.bench.sync import bench_sync, print_sync
@@ -300,7 +302,8 @@ TARGETS: dict[str, tuple[Callable[[int, int, int], dict],
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", nargs="?", default="xdp", metavar="TARGET",
-                        help=f"what to measure: {', '.join(TARGETS)}, attack (default: xdp)")
+                        help=f"what to measure: {', '.join(TARGETS)}, attack, guard "
+                             "(default: xdp)")
     parser.add_argument("--repeat", default=str(DEFAULT_REPEAT), metavar="N",
                         help=f"runs per measurement (default: {DEFAULT_REPEAT})")
     parser.add_argument("--rounds", default=str(DEFAULT_ROUNDS), metavar="N",
@@ -310,6 +313,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(JIT placement differs per load; default: {DEFAULT_LOADS})")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     attack.add_arguments(parser)
+    guard.add_arguments(parser)
 
 
 def _positive(option: str, value: str) -> int:
@@ -321,9 +325,11 @@ def _positive(option: str, value: str) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.target == "attack":
         return attack.run(args)
+    if args.target == "guard":
+        return guard.run(args)
     if args.target not in TARGETS:
         raise NfguardError(
-            f"unknown bench target {args.target!r} (known: {', '.join(TARGETS)}, attack)"
+            f"unknown bench target {args.target!r} (known: {', '.join(TARGETS)}, attack, guard)"
         )
     repeat = _positive("--repeat", args.repeat)
     rounds = _positive("--rounds", args.rounds)
