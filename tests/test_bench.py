@@ -13,7 +13,7 @@ from nfguard import packets
 from nfguard.bench import xdp
 from nfguard.errors import NfguardError
 
-from conftest import need_kernel
+from conftest import cannot_run, need_kernel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = ["non_sip_udp", "register", "invite_no_auth", "invite_bound", "invite_foreign",
@@ -171,3 +171,22 @@ def test_attack_table_has_a_row_per_scenario_and_phase(capsys):
     assert lines[2].split()[:3] == ["invite_150", "without", "0/60"]
     assert lines[3].split()[:4] == ["invite_150", "with", "59/60", "32/80"]
     assert lines[-1].endswith("rate_limited 12345, banned 7")
+
+
+@pytest.mark.netns
+def test_bench_guard_runs_each_phase_on_the_real_freeswitch():
+    """`nfguard bench guard` with 3 calls a phase: the phone answered in
+    every phase, and each phase measured what it is named for (the bench
+    checks the attacker's call: 200 without the guard, 403 with it and in
+    its fallback, or it fails)."""
+    from nfguard.lab.freeswitch import unavailable
+
+    cannot_run(unavailable())
+    out = nfguard("bench", "guard", "--guard-calls", "3", "--guard-rounds", "1", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert list(result["phases"]) == ["without", "with", "fallback"]
+    for name, code in (("without", 200), ("with", 403), ("fallback", 403)):
+        phase = result["phases"][name]
+        assert phase["codes"] == {"200": 3} and phase["attacker_codes"] == [code], phase
+        assert phase["cpu_s"] > 0 and phase["call_ms_p50"] > 0, phase

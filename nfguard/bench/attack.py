@@ -310,7 +310,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"attack: seconds per scenario (default: {DEFAULT_SECONDS})")
 
 
-def _whole(option: str, value: str, top: int) -> int:
+def whole_number(option: str, value: str, top: int) -> int:
     if not str(value).isdigit() or not 1 <= int(value) <= top:
         raise NfguardError(f"{option} must be a whole number from 1 to {top}, not {value!r}")
     return int(value)
@@ -320,26 +320,33 @@ def _sigterm(_signo, _frame):
     raise KeyboardInterrupt  # the finally blocks clean up as on Ctrl-C
 
 
-def run(args: argparse.Namespace) -> int:
-    calls = _whole("--calls", args.calls, 10_000)
-    seconds = _whole("--seconds", args.seconds, 3600)
+def run_lab_bench(what: str, measure, printer, as_json: bool) -> int:
+    """A bench on the real FreeSWITCH of the lab: measure(progress) -> the
+    result, printed by printer() or as one JSON object; SIGTERM cleans up
+    (namespaces, processes) as Ctrl-C does."""
     from nfguard.lab.freeswitch import unavailable
 
     why = unavailable()
     if why:
-        raise NfguardError(f"bench attack: {why}")
+        raise NfguardError(f"bench {what}: {why}")
     old = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        result = bench_attack(calls, seconds,
-                              progress=None if args.json else lambda m: print(m, file=sys.stderr,
-                                                                              flush=True))
+        result = measure(None if as_json else lambda m: print(m, file=sys.stderr, flush=True))
     finally:
         signal.signal(signal.SIGTERM, old)
-    if args.json:
+    if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:
-        print_attack(result)
+        printer(result)
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    calls = whole_number("--calls", args.calls, 10_000)
+    seconds = whole_number("--seconds", args.seconds, 3600)
+    return run_lab_bench("attack", lambda progress: bench_attack(calls, seconds,
+                                                                 progress=progress),
+                         print_attack, args.json)
 
 
 def main(argv: list[str] | None = None) -> int:

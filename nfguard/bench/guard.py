@@ -33,13 +33,11 @@ Everything it makes is removed when it ends, also on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import statistics
 import sys
 import time
 
-from nfguard.bench.attack import cpu_seconds
+from nfguard.bench.attack import cpu_seconds, run_lab_bench, whole_number
 from nfguard.errors import NfguardError
 
 DEFAULT_CALLS = 300
@@ -230,36 +228,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"guard: rounds of without/with (default: {DEFAULT_ROUNDS})")
 
 
-def _whole(option: str, value: str, top: int) -> int:
-    if not str(value).isdigit() or not 1 <= int(value) <= top:
-        raise NfguardError(f"{option} must be a whole number from 1 to {top}, not {value!r}")
-    return int(value)
-
-
-def _sigterm(_signo, _frame):
-    raise KeyboardInterrupt  # the finally blocks clean up as on Ctrl-C
-
-
 def run(args: argparse.Namespace) -> int:
-    calls = _whole("--guard-calls", args.guard_calls, 100_000)
-    rounds = _whole("--guard-rounds", args.guard_rounds, 100)
-    from nfguard.lab.freeswitch import unavailable
-
-    why = unavailable()
-    if why:
-        raise NfguardError(f"bench guard: {why}")
-    old = signal.signal(signal.SIGTERM, _sigterm)
-    try:
-        result = bench_guard(calls, rounds,
-                             progress=None if args.json else lambda m: print(m, file=sys.stderr,
-                                                                             flush=True))
-    finally:
-        signal.signal(signal.SIGTERM, old)
-    if args.json:
-        sys.stdout.write(json.dumps(result) + "\n")
-    else:
-        print_guard(result)
-    return 0
+    calls = whole_number("--guard-calls", args.guard_calls, 100_000)
+    rounds = whole_number("--guard-rounds", args.guard_rounds, 100)
+    return run_lab_bench("guard", lambda progress: bench_guard(calls, rounds, progress=progress),
+                         print_guard, args.json)
 
 
 def main(argv: list[str] | None = None) -> int:
