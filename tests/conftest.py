@@ -4,6 +4,7 @@ which turns every such skip into a failure."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sys
@@ -176,4 +177,15 @@ def wait_for(pred, timeout: float, what: str):
         if got:
             return got
         time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def until(pred, what: str, timeout: float = 5.0):
+    """In a coroutine: wait (polling every 10 ms) until pred() is true, else
+    an AssertionError naming what was awaited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        await asyncio.sleep(0.01)
     raise AssertionError(f"timed out waiting for {what}")

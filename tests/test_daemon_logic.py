@@ -19,6 +19,8 @@ from nfguard.errors import NfguardError
 from nfguard.kernel.program import Event
 from nfguard.lab.fakeesl import FakeEsl, Row, register_frame
 
+from conftest import until
+
 USER, REALM = "1001", "pbx.example.com"
 PHONE, OTHER = "192.0.2.10", "192.0.2.20"
 PHONE_B = Binding(USER, REALM, PHONE)
@@ -30,15 +32,6 @@ def config(tmp_path, port: int, **over):
             "esl": [{"name": "fs1", "port": port, "password": "ClueCon"}]}
     data.update(over)
     return parse_config(data, "test")
-
-
-async def until(pred, what: str, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class World:

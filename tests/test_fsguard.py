@@ -36,6 +36,8 @@ from nfguard.daemon.registry import Binding, Diff
 from nfguard.kernel.program import Event
 from nfguard.lab.fakeesl import FakeEsl, Row, register_frame
 
+from conftest import until
+
 USER, REALM = "1001", "pbx.example.com"
 PHONE, OTHER, ATTACKER = "192.0.2.10", "192.0.2.20", "203.0.113.5"
 KEY = f"b:{USER}@{REALM}"
@@ -43,15 +45,6 @@ KEY = f"b:{USER}@{REALM}"
 
 def run(coro):
     return asyncio.run(coro)
-
-
-async def until(pred, what: str, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- the contract's formats -------------------------------------------------------
