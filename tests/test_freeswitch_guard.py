@@ -39,7 +39,7 @@ PHONE = ADDR["ipv4"]["phone"]
 REALM, USER = "pbx.test", "1001"
 # the attacker's address per case (all in the attacker namespace)
 ATTACKER = {"tcp": "10.200.2.2", "tls": "10.200.2.3", "ws": "10.200.2.4", "wss": "10.200.2.5",
-            "monitor": "10.200.2.6", "fallback": "10.200.2.7"}
+            "monitor": "10.200.2.6", "fallback": "10.200.2.7", "via_udp": "10.200.2.8"}
 EVENTS = "CHANNEL_EXECUTE CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE CUSTOM nfguard::guard"
 BINDING = f"b:{USER}@{REALM}"
 
@@ -112,15 +112,16 @@ def password(fs) -> str:
     return fs.users[REALM][USER]
 
 
-def client(fs, ip: str, transport: str) -> SipClient:
+def client(fs, ip: str, transport: str, via: str | None = None) -> SipClient:
     ns = fs.topo.name("phone" if ip.startswith("10.200.1.") else "attacker")
-    return SipClient(ns, ip, (fs.sip_ip, fs.port("internal", transport)), transport)
+    return SipClient(ns, ip, (fs.sip_ip, fs.port("internal", transport)), transport, via=via)
 
 
-def call(fs, ip: str, transport: str) -> tuple[int | None, str]:
-    """An authenticated call to 9196 from ip over transport; its final
-    status and the Call-ID FreeSWITCH saw."""
-    c = client(fs, ip, transport)
+def call(fs, ip: str, transport: str, via: str | None = None) -> tuple[int | None, str]:
+    """An authenticated call to 9196 from ip over transport (its Via naming
+    `via` instead, when given); its final status and the Call-ID FreeSWITCH
+    saw."""
+    c = client(fs, ip, transport, via)
     code = c.invite(USER, password(fs), REALM)
     return code, c.last.get("call-id") if c.last else ""
 
@@ -131,6 +132,13 @@ def call_events(events, call_id: str) -> list[dict]:
                          for e in events.of_call(call_id)), 10,
              f"CHANNEL_HANGUP_COMPLETE of {call_id}")
     return events.of_call(call_id)
+
+
+def events_from(events, ip: str) -> list[dict]:
+    """Every event so far of a channel (or guard verdict) from ip."""
+    return [e for e in events.events if ip in (e.get("Caller-Network-Addr"),
+                                               e.get("variable_sip_network_ip"),
+                                               e.get("nfguard-source-ip"))]
 
 
 def applications(evs: list[dict]) -> list[str]:
@@ -202,6 +210,17 @@ def test_attacker_over_tcp_and_tls_is_refused_before_routing_and_alerted(
         assert_refused_before_routing(call_events(events, call_id), transport, ip)
         line = alert_line(daemon, ip, transport)
         assert "refused" in line, line
+    # The guard reads the transport from sip_via_protocol, the caller's Via.
+    # A caller over TCP or TLS whose Via claims UDP (outside the guard's
+    # default transports) gets no answer at all, over the stream or over
+    # UDP: sofia-sip drops a request whose Via names another transport than
+    # the one it came over, before any challenge, so no such call reaches
+    # the dialplan (and in enforce the guard would judge it anyway).
+    ip = ATTACKER["via_udp"]
+    for transport in ("tcp", "tls"):
+        assert client(fs, ip, transport, via="udp").invite(USER, password(fs), REALM) is None
+    assert events_from(events, ATTACKER["tcp"])  # the refused calls above are seen so
+    assert events_from(events, ip) == []
     # `nfguard status` counts them (the guard's verdicts, per transport)
     counts = daemon.until(lambda s: all(s["guard"]["verdicts"].get(t, 0) >= 1
                                         for t in ("tcp", "tls")),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import select
 import socket
 import ssl
 import time
@@ -97,8 +98,11 @@ class _Channel:
     """One socket to the server: send a message, receive the next one."""
 
     def __init__(self, ns: str | None, transport: str, src: tuple[str, int],
-                 dst: tuple[str, int]):
+                 dst: tuple[str, int], udp_too: bool = False):
+        """udp_too: over a stream, also receive datagrams at the same local
+        address (where a server answers a Via that names UDP)."""
         self.transport, self.dst = transport, dst
+        self.side: socket.socket | None = None
         kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
         with in_netns(ns):
             self.sock = socket.socket(socket.AF_INET, kind)
@@ -119,6 +123,10 @@ class _Channel:
             raise
         self.local = self.sock.getsockname()
         self.buf = b""
+        if udp_too and transport != "udp":
+            with in_netns(ns):
+                self.side = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.side.bind(self.local)
 
     def send(self, data: bytes) -> None:
         if self.transport == "udp":
@@ -145,6 +153,14 @@ class _Channel:
                     if len(self.buf) >= total:
                         raw, self.buf = self.buf[:total], self.buf[total:]
                         return Message(raw)
+                if self.side is not None and not (
+                        isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
+                    ready, _, _ = select.select([self.sock, self.side], [], [],
+                                                max(timeout, 0.001))
+                    if self.side in ready:
+                        return Message(self.side.recv(65535))
+                    if not ready:
+                        return None
                 chunk = self.sock.recv(65535)
                 if not chunk:
                     return None
@@ -154,6 +170,8 @@ class _Channel:
 
     def close(self) -> None:
         self.sock.close()
+        if self.side is not None:
+            self.side.close()
 
 
 class SipClient:
@@ -161,11 +179,15 @@ class SipClient:
     one) at address ip, talking to server (ip, port) over transport."""
 
     def __init__(self, ns: str | None, ip: str, server: tuple[str, int],
-                 transport: str = "udp", timeout: float = 4.0):
-        if transport not in TRANSPORTS:
-            raise ValueError(f"transport {transport!r}: one of {', '.join(TRANSPORTS)}")
+                 transport: str = "udp", timeout: float = 4.0, via: str | None = None):
+        """via: the transport the Via header names, when it is to lie about
+        the real one (a caller writes its own Via)."""
+        for t in (transport, via or transport):
+            if t not in TRANSPORTS:
+                raise ValueError(f"transport {t!r}: one of {', '.join(TRANSPORTS)}")
         self.ns, self.ip, self.server = ns, ip, server
         self.transport, self.timeout = transport, timeout
+        self.via = via or transport
         self.last: Message | None = None  # the last final response, for a test to look at
 
     # -- the requests --------------------------------------------------------
@@ -227,7 +249,8 @@ class SipClient:
 
     # -- the machinery --------------------------------------------------------
     def _channel(self, src: tuple[str, int] | None) -> _Channel:
-        return _Channel(self.ns, self.transport, src or (self.ip, 0), self.server)
+        return _Channel(self.ns, self.transport, src or (self.ip, 0), self.server,
+                        udp_too=self.via == "udp")
 
     def _contact(self, user: str, ch: _Channel) -> str:
         tp = f";transport={self.transport}" if self.transport != "udp" else ""
@@ -244,7 +267,7 @@ class SipClient:
         ip, port = ch.local
         branch = branch or "z9hG4bK" + uuid.uuid4().hex
         lines = [f"{method} {uri} SIP/2.0",
-                 f"Via: SIP/2.0/{self.transport.upper()} {ip}:{port};branch={branch};rport",
+                 f"Via: SIP/2.0/{self.via.upper()} {ip}:{port};branch={branch};rport",
                  "Max-Forwards: 70",
                  f"From: <sip:{user}@{realm}>;tag={from_tag or uuid.uuid4().hex[:10]}",
                  f"To: {to or f'<sip:{user}@{realm}>'}",
