@@ -890,3 +890,37 @@ def test_backoff_grows_with_full_jitter_and_resets():
     assert len(set(waits)) == len(waits)  # jittered, not in step
     b.reset()
     assert b.next() <= 1.0
+
+
+def test_reap_never_swallows_the_callers_own_cancellation():
+    """The package test's daemon did not stop on SIGTERM: its runner was
+    cancelled while it awaited the re-read task it had just cancelled, the
+    `except CancelledError: pass` around that await took both
+    cancellations, and the runner reconnected forever. esl.reap() lets the
+    caller's cancellation through, and still ends the task."""
+    async def go():
+        ended = asyncio.Event()
+
+        async def slow_to_end():
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.1)  # clean-up that takes a while
+                ended.set()
+                raise
+
+        inner = asyncio.create_task(slow_to_end())
+        await asyncio.sleep(0)
+        outer = asyncio.create_task(esl.reap(inner))
+        await asyncio.sleep(0.02)
+        outer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await outer
+        await asyncio.wait_for(ended.wait(), 1)
+        assert inner.cancelled()
+        # a task that failed on its own: reaped without a complaint
+        failed = asyncio.create_task(asyncio.sleep(0, result=None))
+        await failed
+        await esl.reap(failed)
+
+    asyncio.run(go())

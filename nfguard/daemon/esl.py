@@ -73,6 +73,18 @@ def keep_alive(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
 
 
+async def reap(task: asyncio.Task) -> None:
+    """Cancel task and wait until it has ended, dropping what it raised.
+    Never `try: await task except CancelledError: pass`: a cancellation of
+    the caller arriving during that await would be swallowed with the
+    task's own, and the caller would go on (a runner reconnecting after
+    SIGTERM, its daemon never stopping)."""
+    task.cancel()
+    await asyncio.wait([task])  # the caller's own cancellation propagates
+    if not task.cancelled():
+        task.exception()  # retrieved, so never "exception was never retrieved"
+
+
 class EslError(NfguardError):
     """The connection cannot go on: refused, closed, or out of step."""
 
@@ -356,11 +368,7 @@ class EslConnection:
 
     async def close(self) -> None:
         if self._reader_task is not None:
-            self._reader_task.cancel()
-            try:
-                await self._reader_task
-            except (asyncio.CancelledError, EslError):
-                pass
+            await reap(self._reader_task)
         self._abort("closed by nfguard")
 
 
@@ -600,11 +608,7 @@ class EndpointRunner:
                 raise EslError(f"connection lost: {conn.close_reason}")
         finally:
             if rereads is not None:
-                rereads.cancel()
-                try:
-                    await rereads
-                except (asyncio.CancelledError, EslError):
-                    pass
+                await reap(rereads)
             await conn.close()
             if hooked and self._on_disconnected is not None:
                 self._hook(self._on_disconnected)
