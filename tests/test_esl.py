@@ -924,3 +924,29 @@ def test_reap_never_swallows_the_callers_own_cancellation():
         await esl.reap(failed)
 
     asyncio.run(go())
+
+
+def test_wait_set_keeps_a_cancellation_that_comes_as_the_event_is_set():
+    """The daemon's stop, as its Event Socket closed: the runner waited for
+    the connection's `closed` with asyncio.wait_for, which (before Python
+    3.12) returns the result and drops a cancellation that arrives in the
+    same turn as the event; the runner reconnected forever after SIGTERM.
+    wait_set() raises the CancelledError."""
+    async def go(wait):
+        event = asyncio.Event()
+        task = asyncio.create_task(wait(event))
+        await asyncio.sleep(0.01)
+        event.set()
+        task.cancel()  # in the same turn
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "swallowed"
+
+    assert asyncio.run(go(lambda ev: esl.wait_set(ev, 10))) == "cancelled"
+    assert asyncio.run(go(lambda ev: esl.wait_set(ev, None))) == "cancelled"
+
+    async def timed_out():
+        return await esl.wait_set(asyncio.Event(), 0.01)
+    assert asyncio.run(timed_out()) is False

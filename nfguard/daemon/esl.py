@@ -85,6 +85,26 @@ async def reap(task: asyncio.Task) -> None:
         task.exception()  # retrieved, so never "exception was never retrieved"
 
 
+async def wait_set(event: asyncio.Event, timeout: float | None) -> bool:
+    """event.wait() for at most timeout seconds; whether it is set. Not
+    asyncio.wait_for: before Python 3.12 it loses a cancellation that
+    arrives as the awaited thing completes (the runner, cancelled as its
+    connection closed, took it for a lost connection and reconnected)."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait([waiter], timeout=timeout)
+    finally:
+        waiter.cancel()
+    return event.is_set()
+
+
+def cancel_requested() -> bool:
+    """This task has been asked to stop (Task.cancelling()), even where a
+    library call took the CancelledError."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class EslError(NfguardError):
     """The connection cannot go on: refused, closed, or out of step."""
 
@@ -559,6 +579,8 @@ class EndpointRunner:
             except Exception as e:  # a bug must not end the following
                 log.exception("ESL %s: unexpected error", self.endpoint.name)
                 self._down(f"unexpected error: {e!r}")
+            if cancel_requested():  # a stop that something on the way swallowed
+                raise asyncio.CancelledError
             delay = self.backoff.next()
             log.info("ESL %s: reconnecting in %.1f s", self.endpoint.name, delay)
             await asyncio.sleep(delay)
@@ -600,9 +622,7 @@ class EndpointRunner:
             if self._reread is not None:
                 rereads = asyncio.get_running_loop().create_task(self._reread_loop(conn))
             while True:
-                try:
-                    await asyncio.wait_for(conn.closed.wait(), self.resync_interval)
-                except TimeoutError:
+                if not await wait_set(conn.closed, self.resync_interval):
                     await self._resync(conn)
                     continue
                 raise EslError(f"connection lost: {conn.close_reason}")

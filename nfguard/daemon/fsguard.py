@@ -63,7 +63,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from nfguard.daemon.esl import EslError
+from nfguard.daemon.esl import EslError, wait_set
 
 log = logging.getLogger("nfguard")
 
@@ -419,11 +419,7 @@ class GuardMirror:
                 if ep.retry_at is None:
                     await ep.wake.wait()
                 else:
-                    try:
-                        await asyncio.wait_for(ep.wake.wait(),
-                                               max(0.0, ep.retry_at - time.monotonic()))
-                    except TimeoutError:
-                        pass
+                    await wait_set(ep.wake, max(0.0, ep.retry_at - time.monotonic()))
             except EslError as e:
                 # the connection is gone: the runner reconnects, and the
                 # next connect syncs in full
