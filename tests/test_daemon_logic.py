@@ -37,13 +37,16 @@ def config(tmp_path, port: int, **over):
 class World:
     """A running daemon on a recording backend, fed by a fake FreeSWITCH."""
 
-    def __init__(self, tmp_path, backend: RecordingBackend, table=(), extra_esl=(), **over):
-        """extra_esl: more endpoints after the fake FreeSWITCH's fs1."""
+    def __init__(self, tmp_path, backend: RecordingBackend, table=(), extra_esl=(),
+                 fake: FakeEsl | None = None, **over):
+        """extra_esl: more endpoints after the fake FreeSWITCH's fs1; fake:
+        that fake FreeSWITCH, when not one serving `table`."""
         self.tmp_path, self.backend, self.table, self.over = tmp_path, backend, table, over
         self.extra_esl = list(extra_esl)
+        self.esl = fake
 
     async def __aenter__(self):
-        self.esl = FakeEsl(table=list(self.table))
+        self.esl = self.esl or FakeEsl(table=list(self.table))
         port = await self.esl.start()
         if self.extra_esl:
             self.over["esl"] = [{"name": "fs1", "port": port, "password": "ClueCon"},

@@ -13,13 +13,12 @@ import os
 import time
 
 import pytest
+from test_daemon_logic import World as DaemonWorld
 
 from nfguard.cli.events import line as event_line
 from nfguard.cli.status import guard_line
 from nfguard.daemon import fsguard
 from nfguard.daemon.backend import RecordingBackend
-from nfguard.daemon.config import parse_config
-from nfguard.daemon.core import Daemon
 from nfguard.daemon.esl import EslConnection, Frame
 from nfguard.daemon.fsevents import GuardVerdict, parse_event
 from nfguard.daemon.fsguard import (
@@ -503,40 +502,20 @@ def test_malformed_guard_events_are_refused(over, words):
 
 
 # -- in the daemon -------------------------------------------------------------------
-def config(tmp_path, port: int, **over):
-    data = {"interfaces": ["nfg0"], "mode": "enforce", "action": "drop",
-            "expiry_grace": 0, "socket": str(tmp_path / "nfguard.sock"),
-            "esl": [{"name": "fs1", "port": port, "password": "ClueCon"}]}
-    data.update(over)
-    return parse_config(data, "test")
-
-
-class World:
-    """A running daemon on a recording backend, fed by a fake FreeSWITCH."""
+class World(DaemonWorld):
+    """test_daemon_logic's running daemon (recording backend, fake
+    FreeSWITCH serving the phone's registration), with the fake's hash
+    store and the guard's status at hand."""
 
     def __init__(self, tmp_path, esl: FakeEsl | None = None, **over):
-        self.tmp_path, self.over = tmp_path, over
-        self.esl = esl or FakeEsl(table=[Row(USER, REALM, PHONE, 5060, "c1")])
-        self.backend = RecordingBackend()
-
-    async def __aenter__(self):
-        port = await self.esl.start()
-        self.cfg = config(self.tmp_path, port, **self.over)
-        self.daemon = Daemon(self.cfg, backend=self.backend)
-        self.daemon.start_kernel()
-        self.task = asyncio.get_running_loop().create_task(self.daemon.run())
-        return self
+        super().__init__(tmp_path, RecordingBackend(), table=[Row(USER, REALM, PHONE, 5060, "c1")],
+                         fake=esl, **over)
 
     def held(self) -> dict[str, str]:
         return self.esl.hashes.get("nfguard", {})
 
     def guard(self) -> dict:
         return self.daemon.status()["guard"]["endpoints"][0]
-
-    async def __aexit__(self, *exc):
-        self.daemon.stop()
-        assert await asyncio.wait_for(self.task, 5) == 0
-        await self.esl.stop()
 
 
 def test_the_daemon_writes_the_state_after_its_first_sync_and_follows_it(tmp_path):

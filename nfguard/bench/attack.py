@@ -349,17 +349,22 @@ def run(args: argparse.Namespace) -> int:
                          print_attack, args.json)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python3 -m nfguard.bench.attack`: `nfguard bench attack` without the
-    other benches' options."""
-    parser = argparse.ArgumentParser(prog="nfguard bench attack")
-    add_arguments(parser)
+def standalone(prog: str, add_args, run_args, argv: list[str] | None) -> int:
+    """A lab bench run as its own module (`python3 -m nfguard.bench.X`):
+    its options and --json, without the other benches'."""
+    parser = argparse.ArgumentParser(prog=prog)
+    add_args(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     try:
-        return run(parser.parse_args(argv))
+        return run_args(parser.parse_args(argv))
     except NfguardError as e:
         print(f"nfguard: {e}", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python3 -m nfguard.bench.attack`."""
+    return standalone("nfguard bench attack", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

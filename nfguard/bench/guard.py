@@ -37,7 +37,7 @@ import statistics
 import sys
 import time
 
-from nfguard.bench.attack import cpu_seconds, run_lab_bench, whole_number
+from nfguard.bench.attack import cpu_seconds, run_lab_bench, standalone, whole_number
 from nfguard.errors import NfguardError
 
 DEFAULT_CALLS = 300
@@ -237,14 +237,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python3 -m nfguard.bench.guard`."""
-    parser = argparse.ArgumentParser(prog="nfguard bench guard")
-    add_arguments(parser)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    try:
-        return run(parser.parse_args(argv))
-    except NfguardError as e:
-        print(f"nfguard: {e}", file=sys.stderr)
-        return 1
+    return standalone("nfguard bench guard", add_arguments, run, argv)
 
 
 if __name__ == "__main__":
