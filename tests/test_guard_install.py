@@ -146,3 +146,21 @@ def test_the_command_line(conf):
     out = subprocess.run(cmd[:4] + ["--conf-dir", "/nonexistent"], capture_output=True,
                          text=True, cwd=ROOT)
     assert out.returncode == 1 and "no freeswitch.xml" in out.stderr
+
+
+def test_a_reader_that_left_stops_nothing(conf):
+    """`nfguard freeswitch-install | grep -q ...`: grep leaves at its first
+    match; the install (and the reloadxml after it) still finishes, with no
+    traceback and status 0 (the package test once failed on exactly that)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "nfguard", "freeswitch-install", "--conf-dir", str(conf),
+             "--config", "/nonexistent.yaml"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    finally:
+        os.close(write_end)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    assert _first_children(conf / "dialplan" / "default.xml") == ["GUARD"]

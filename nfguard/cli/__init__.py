@@ -74,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `nfguard bindings | head`: the reader left; no traceback, and
+        # nonzero as Python's documentation advises (nothing more was shown)
+        from nfguard.cli.common import stdout_to_devnull
+
+        stdout_to_devnull()
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,10 +6,30 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from nfguard.daemon import control
 from nfguard.daemon.config import DEFAULT_PATH, ConfigError, load_config
 from nfguard.errors import NfguardError
+
+
+def stdout_to_devnull() -> None:
+    """After a BrokenPipeError on stdout: what is still buffered and
+    anything printed later goes nowhere, instead of a second error when
+    Python flushes stdout at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def say(line: str) -> None:
+    """print() for a command whose work goes on after its reader has gone
+    (`nfguard freeswitch-install | grep -q ...`): a closed pipe must not
+    stop what follows, such as the reloadxml after the files changed."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        stdout_to_devnull()
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ import argparse
 import asyncio
 
 from nfguard import guard_install
-from nfguard.cli.common import add_config_argument
+from nfguard.cli.common import add_config_argument, say
 from nfguard.daemon.config import ConfigError, load_config
 
 DEFAULT_CONF_DIR = "/etc/freeswitch"
@@ -35,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
         changes = guard_install.install(args.conf_dir, args.guard, dry_run=args.dry_run)
     verb = "would change" if args.dry_run else "changed"
     for line in changes:
-        print(f"nfguard: {verb}: {line}")
+        say(f"nfguard: {verb}: {line}")
     if not changes:
-        print(f"nfguard: nothing to change in {args.conf_dir}: the guard is "
+        say(f"nfguard: nothing to change in {args.conf_dir}: the guard is "
               f"{'not installed' if args.remove else 'installed already'}")
     if changes and not args.dry_run and not args.no_reload:
         return _reload(args.config)
@@ -53,7 +53,7 @@ def _reload(config_path: str) -> int:
     try:
         endpoints = load_config(config_path).esl
     except ConfigError as e:
-        print(f"nfguard: warning: {e}; {manual}")
+        say(f"nfguard: warning: {e}; {manual}")
         return 0
 
     async def reload_all() -> int:
@@ -67,10 +67,10 @@ def _reload(config_path: str) -> int:
                 finally:
                     await conn.close()
             except (EslError, OSError) as e:
-                print(f"nfguard: warning: ESL {ep.name}: {e}; {manual}")
+                say(f"nfguard: warning: ESL {ep.name}: {e}; {manual}")
                 failed += 1
                 continue
-            print(f"nfguard: ESL {ep.name}: reloadxml: {answer}")
+            say(f"nfguard: ESL {ep.name}: reloadxml: {answer}")
             if not answer.startswith("+OK"):
                 failed += 1
         return 1 if failed else 0
