@@ -220,8 +220,10 @@ static __always_inline void emit_event(struct nfg_scratch *s,
 	events.ringbuf_submit(ev, 0);
 }
 
+#ifndef NFG_NO_XDP_META
 /* Hand the reject mark to the TC program as a metadata word. */
-static __always_inline int set_reject_meta(struct xdp_md *ctx)
+static __always_inline int hand_over_reject(struct xdp_md *ctx,
+					    struct nfg_scratch *s)
 {
 	void *data, *meta;
 	__u32 *word;
@@ -236,6 +238,48 @@ static __always_inline int set_reject_meta(struct xdp_md *ctx)
 	*word = NFG_META_MAGIC;
 	return 0;
 }
+#else
+/* This kernel refuses bpf_xdp_adjust_meta (the loader asks it first), so
+ * the mark goes by the handoff map: one more datagram of this key awaits
+ * it, and nfguard_tc takes one for each datagram of the key it sees. A
+ * flow's datagrams reach TC in the order XDP saw them, so the count marks
+ * exactly those XDP meant; one lost on the way leaves a count that can
+ * only mark the same bytes again. */
+static __always_inline int hand_over_reject(struct xdp_md *ctx,
+					    struct nfg_scratch *s)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct nfg_handoff_key key;
+	__u32 off = s->l4.udp_off;
+	__u64 one = 1, *pending;
+	void *udph;
+
+	/* 0: no UDP header was found (an extension header chain too long
+	 * to follow), so there is no key TC could find: the caller drops. */
+	if (off < sizeof(struct udphdr))
+		return -1;
+	/* Laundered, so that the compiler cannot fold the subtraction into
+	 * a negative constant offset the verifier refuses. */
+	off = launder(s, off - sizeof(struct udphdr));
+	/* The verifier proves a range only below MAX_PACKET_OFF (0xffff)
+	 * with the header's length added. */
+	if (off > 0xffff - sizeof(struct udphdr))
+		return -1;
+	udph = data + off;
+	if (udph + sizeof(struct udphdr) > data_end)
+		return -1;
+	__builtin_memcpy(key.saddr, s->l4.saddr, 16);
+	__builtin_memcpy(key.udp, udph, sizeof(key.udp));
+	if (handoff.insert(&key, &one) == 0)
+		return 0;
+	pending = handoff.lookup(&key);
+	if (!pending)
+		return -1;
+	__sync_fetch_and_add(pending, 1);
+	return 0;
+}
+#endif
 
 /* One more frame with this reason, in the per-CPU counters. By address, as
  * the lookup takes it: with a copy, clang lays out the scanner loops that
@@ -366,8 +410,8 @@ static __always_inline int finish(struct xdp_md *ctx, struct nfg_scratch *s,
 			? NFG_ACT_MARK
 			: NFG_ACT_DROP;
 	action = cfg->mode == NFG_MODE_ENFORCE ? would : NFG_ACT_PASS;
-	if (action == NFG_ACT_MARK && set_reject_meta(ctx) < 0)
-		action = NFG_ACT_DROP; /* no metadata room: fail closed */
+	if (action == NFG_ACT_MARK && hand_over_reject(ctx, s) < 0)
+		action = NFG_ACT_DROP; /* no way to mark it: fail closed */
 	s->last_action = action;
 	s->last_would = would;
 	if (reason < NFG_R_FIRST_FLOOD)
@@ -586,20 +630,75 @@ int nfguard_params(struct xdp_md *ctx)
 	return finish(ctx, s, cfg, after_params(s, cfg));
 }
 
-int nfguard_tc(struct __sk_buff *skb)
+#ifndef NFG_NO_XDP_META
+/* Whether XDP marked this datagram for rejection: its metadata word. */
+static __always_inline int reject_handed_over(struct __sk_buff *skb,
+					      struct nfg_config *cfg)
 {
 	void *data = (void *)(long)skb->data;
-	void *meta = (void *)(long)skb->data_meta;
-	struct nfg_config *cfg;
-	__u32 *word = meta;
-	__u32 zero = 0;
+	__u32 *word = (void *)(long)skb->data_meta;
 
 	if ((void *)(word + 1) > data)
-		return TC_ACT_UNSPEC;
-	if (*word != NFG_META_MAGIC)
-		return TC_ACT_UNSPEC;
+		return 0;
+	return *word == NFG_META_MAGIC;
+}
+#else
+/* Whether XDP marked this datagram for rejection: a count waiting under
+ * its key in the handoff map (hand_over_reject()). The same parsing
+ * helpers as XDP's find the same source and UDP header; by here the stack
+ * has taken off one VLAN tag, and parse_ethhdr() reads either form. */
+static __always_inline int reject_handed_over(struct __sk_buff *skb,
+					      struct nfg_config *cfg)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct hdr_cursor nh = { .pos = data };
+	struct nfg_handoff_key key;
+	struct l4_info l4;
+	__u64 *pending;
+	__u32 reason;
+	__be16 proto;
+	void *l3;
+	int r;
+
+	if (cfg->mode != NFG_MODE_ENFORCE || cfg->action != NFG_ACTION_REJECT)
+		return 0;
+	l4.first_fragment = 0;
+	l4.ipv6 = 0;
+	if (parse_ethhdr(&nh, data_end, &proto) < 0)
+		return 0;
+	l3 = nh.pos;
+	if (proto == bpf_htons(ETH_P_IP))
+		r = parse_ipv4(&nh, data_end, &l4, &reason);
+	else if (proto == bpf_htons(ETH_P_IPV6))
+		r = parse_ipv6(&nh, data_end, &l4, &reason);
+	else
+		return 0;
+	if (r != L4_UDP || nh.pos + sizeof(struct udphdr) > data_end)
+		return 0;
+	if (l4_details(l3, NULL, data, data_end, &l4) < 0)
+		return 0;
+	__builtin_memcpy(key.saddr, l4.saddr, 16);
+	__builtin_memcpy(key.udp, nh.pos, sizeof(key.udp));
+	pending = handoff.lookup(&key);
+	if (!pending || *pending == 0)
+		return 0;
+	__sync_fetch_and_add(pending, -1);
+	return 1;
+}
+#endif
+
+/* The TC ingress program: a datagram XDP marked for rejection gets the
+ * reject mark, which the nftables rule rejects. */
+int nfguard_tc(struct __sk_buff *skb)
+{
+	struct nfg_config *cfg;
+	__u32 zero = 0;
+
 	cfg = config.lookup(&zero);
-	skb->mark = cfg && cfg->reject_mark ? cfg->reject_mark
-					    : NFG_DEFAULT_REJECT_MARK;
+	if (!cfg || !reject_handed_over(skb, cfg))
+		return TC_ACT_UNSPEC;
+	skb->mark = cfg->reject_mark ? cfg->reject_mark
+				     : NFG_DEFAULT_REJECT_MARK;
 	return TC_ACT_UNSPEC;
 }

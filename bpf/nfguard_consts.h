@@ -41,6 +41,12 @@
 #ifndef NFG_BUCKETS_MAX
 #define NFG_BUCKETS_MAX 65536
 #endif
+/* Reject verdicts in flight from XDP to the TC program where the kernel
+ * refuses bpf_xdp_adjust_meta (NFG_NO_XDP_META, nfguard.c): an LRU map.
+ * A verdict waits there for microseconds (XDP and TC ingress run in the
+ * same softirq, a NAPI budget of frames apart), so it is never evicted
+ * before TC takes it. */
+#define NFG_HANDOFF_MAX 8192
 /* The guarded UDP ports as a bitmap: 64 ports a word. */
 #define NFG_PORT_WORDS (65536 / 64)
 /* Pages of the verdict event ring buffer. */

@@ -47,6 +47,12 @@ BPF_PERCPU_ARRAY(ratelimit, struct nfg_ratelimit, 1);
  * forgets how far each source has run ahead. */
 BPF_TABLE("lru_hash", struct nfg_bucket_key, __u64, buckets, NFG_BUCKETS_MAX);
 BPF_RINGBUF_OUTPUT(events, NFG_EVENTS_PAGES);
+#ifdef NFG_NO_XDP_META
+/* Reject marks on their way from XDP to TC (nfguard.c): a datagram's key
+ * -> how many such datagrams still await their mark. Private: XDP and TC
+ * of one load share it. */
+BPF_TABLE("lru_hash", struct nfg_handoff_key, __u64, handoff, NFG_HANDOFF_MAX);
+#endif
 /* The later stages, reached by tail calls (see nfguard.c). */
 BPF_PROG_ARRAY(stages, NFG_STAGES);
 

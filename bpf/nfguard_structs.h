@@ -70,6 +70,15 @@ struct nfg_addr_key {
 	__u8 addr[16];
 };
 
+/* A datagram whose reject mark waits for the TC program (NFG_NO_XDP_META):
+ * its source address and whole UDP header. The checksum covers the payload,
+ * so two datagrams of one flow share a key only when they are the same
+ * bytes (or, over IPv4, carry no checksum and are of one length). */
+struct nfg_handoff_key {
+	__u8 saddr[16]; /* IPv6, or IPv4 mapped, as in struct l4_info */
+	__u8 udp[8];	/* ports, length, checksum: as on the wire */
+};
+
 struct nfg_ban {
 	__u64 expires_ns; /* CLOCK_BOOTTIME; checked by the program itself */
 	__u32 offenses;	  /* bans of this source so far (the controller's) */

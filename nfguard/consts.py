@@ -11,6 +11,7 @@ BANS_MAX = 65536
 BAN_FILTER_LOG2 = 18  # the bans' filter: 2^18 bits
 BAN_FILTER_WORDS = (1 << BAN_FILTER_LOG2) // 64
 BUCKETS_MAX = 65536
+HANDOFF_MAX = 8192  # reject verdicts in flight from XDP to TC without XDP metadata
 PORT_WORDS = 65536 // 64  # the guarded ports bitmap: 64 ports a word
 
 SCAN_MAX = 4096

@@ -20,8 +20,8 @@ TOPO_PREFIX = "nfgt"  # namespaces of the topo fixture: nfgt<pid>-<n>-<role>
 
 
 # Fixtures that need the kernel (their tests are marked `kernel` below).
-KERNEL_FIXTURES = frozenset({"program", "prog", "pin_dir", "topo", "fs_topo", "freeswitch",
-                             "nfguard_fs"})
+KERNEL_FIXTURES = frozenset({"program", "prog", "map_program", "pin_dir", "topo", "fs_topo",
+                             "freeswitch", "nfguard_fs"})
 
 
 def pytest_collection_modifyitems(items):
@@ -83,11 +83,24 @@ def program():
     p.close()
 
 
-@pytest.fixture
-def prog(program):
-    """The session's program with default state: enforce/drop, INVITE on
-    5060, no bindings, no trusted networks, no bans, empty rate buckets (no
-    rate limits), counters zero."""
+@pytest.fixture(scope="session")
+def map_program():
+    """A load that hands reject verdicts to TC through the handoff map
+    whatever the kernel allows: where it also allows XDP metadata (Debian
+    12's 6.1), the session's `program` covers that way and this one the
+    other."""
+    need_kernel()
+    from nfguard.kernel.program import Program
+
+    p = Program(reject_handoff="map")
+    yield p
+    p.close()
+
+
+def default_state(program):
+    """program with default state: enforce/drop, INVITE on 5060, no
+    bindings, no trusted networks, no bans, empty rate buckets (no rate
+    limits), counters zero."""
     program.configure(mode="enforce", action="drop")
     program.set_ports([5060])
     program.clear_bindings()
@@ -96,6 +109,12 @@ def prog(program):
         program.remove_trusted(cidr)
     program.reset_counters()
     return program
+
+
+@pytest.fixture
+def prog(program):
+    """The session's program with default state (default_state())."""
+    return default_state(program)
 
 
 @pytest.fixture

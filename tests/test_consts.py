@@ -35,7 +35,7 @@ def test_limits_match():
 
 def test_map_sizes_and_layout_version_match():
     for name in ["LAYOUT_VERSION", "BINDINGS_MAX", "TRUSTED_MAX", "BANS_MAX", "BUCKETS_MAX",
-                 "PORT_WORDS", "BAN_FILTER_LOG2"]:
+                 "HANDOFF_MAX", "PORT_WORDS", "BAN_FILTER_LOG2"]:
         assert getattr(consts, name) == _define(name), name
 
 

@@ -365,3 +365,70 @@ def test_a_load_gives_the_compilers_memory_back():
     assert result["after_load_kb"] < 20 * 1024, result
     assert result["second_load"] == 1
     assert result["after_second_kb"] < 20 * 1024, result
+
+
+def test_the_reject_handoff_is_what_the_kernel_allows(program):
+    """The probe agrees with a real load: where the kernel refuses
+    bpf_xdp_adjust_meta (some 6.18 builds), a program that calls it does not
+    load, and the default load hands reject verdicts over through the map."""
+    from nfguard.errors import CompileError
+    from nfguard.kernel.libbpf import xdp_adjust_meta_allowed
+
+    allowed = xdp_adjust_meta_allowed()
+    assert program.reject_handoff == ("metadata" if allowed else "map")
+    if allowed:
+        Program(reject_handoff="metadata").close()
+    else:
+        with pytest.raises(CompileError, match="refuses bpf_xdp_adjust_meta"):
+            Program(reject_handoff="metadata")
+    with pytest.raises(ValueError):
+        Program(reject_handoff="meta")
+
+
+MARK = 0x4E46BEEF
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_the_handoff_map_marks_what_xdp_marked(map_program, family):
+    """XDP's reject verdict through the map, in the kernel: TC marks each
+    datagram XDP marked, once per datagram (a retransmission twice), not
+    other datagrams of the flow, and finds a VLAN-tagged one whether or not
+    the stack has taken the tag off by then."""
+    from nfguard.kernel.libbpf import skb_test_run_mark
+
+    from conftest import default_state
+
+    prog = default_state(map_program)
+    src, dst = ("192.0.2.10", "192.0.2.1") if family == "ipv4" else ("2001:db8::10",
+                                                                     "2001:db8::1")
+    prog.configure(mode="enforce", action="reject", reject_mark=MARK)
+    attacker = P.udp_frame(INVITE, src=src, dst=dst, sport=40000)
+    tagged = P.udp_frame(INVITE, src=src, dst=dst, sport=40000, vlans=(7,))
+    other = P.udp_frame(P.sip_request("REGISTER"), src=src, dst=dst, sport=40000)
+
+    def tc_mark(frame):
+        return skb_test_run_mark(prog.tc_fn.fd, frame)[1]
+
+    assert tc_mark(attacker) == 0  # nothing handed over yet
+    for _ in range(2):
+        assert prog.test_run(attacker).action == "mark"
+    assert prog.test_run(other).action == "pass"
+    assert [tc_mark(attacker), tc_mark(other), tc_mark(attacker), tc_mark(attacker)] == [
+        MARK, 0, MARK, 0]
+    assert prog.test_run(tagged).action == "mark"
+    assert tc_mark(attacker) == MARK  # the tag taken off before TC
+    assert prog.test_run(tagged).action == "mark"
+    assert tc_mark(tagged) == MARK
+    assert tc_mark(tagged) == 0
+
+    # bound: XDP passes it and hands nothing over
+    prog.add_binding("1001", "pbx.example.com", src)
+    assert prog.test_run(attacker).action == "pass"
+    assert tc_mark(attacker) == 0
+    # monitor and drop hand nothing over either
+    prog.clear_bindings()
+    for mode, action in (("monitor", "reject"), ("enforce", "drop")):
+        prog.configure(mode=mode, action=action, reject_mark=MARK)
+        prog.test_run(attacker)
+        prog.configure(mode="enforce", action="reject", reject_mark=MARK)
+        assert tc_mark(attacker) == 0, (mode, action)

@@ -52,6 +52,7 @@ import struct
 import sys
 
 from nfguard import policy
+from nfguard.cli.common import stdout_to_devnull
 from nfguard.errors import NfguardError
 from nfguard.kernel.host import require_bpf_runtime
 from nfguard.kernel.program import check_credential
@@ -239,27 +240,19 @@ def frame_source(frame: bytes) -> str | None:
     return None
 
 
-def _insn(code: int, dst: int, src: int, off: int = 0, imm: int = 0) -> bytes:
-    return struct.pack("<BBhi", code, src << 4 | dst, off, imm)
-
-
 def xdp_test_run_limit() -> int | None:
     """The largest frame BPF_PROG_TEST_RUN hands an XDP program whole (its
     linear data), found with a four-instruction program that returns
     data_end - data; None when that cannot be found out."""
-    from nfguard.kernel.libbpf import lib, prog_test_run
+    from nfguard.kernel.libbpf import BPF_PROG_TYPE_XDP, insn, load_raw, prog_test_run
 
-    try:
-        load = lib().bpf_prog_load
-    except (NfguardError, AttributeError):
-        return None
     insns = (
-        _insn(0x61, 2, 1, 0)  # r2 = ctx->data
-        + _insn(0x61, 0, 1, 4)  # r0 = ctx->data_end
-        + _insn(0x1F, 0, 2)  # r0 -= r2
-        + _insn(0x95, 0, 0)  # exit
+        insn(0x61, 2, 1, 0)  # r2 = ctx->data
+        + insn(0x61, 0, 1, 4)  # r0 = ctx->data_end
+        + insn(0x1F, 0, 2)  # r0 -= r2
+        + insn(0x95, 0, 0)  # exit
     )
-    fd = load(6, b"nfg_len_probe", b"GPL", insns, 4, None)  # 6: BPF_PROG_TYPE_XDP
+    fd = load_raw(BPF_PROG_TYPE_XDP, b"nfg_len_probe", insns)
     if fd < 0:
         return None
 
@@ -399,7 +392,6 @@ def _replay(prog, reader: PcapReader, as_json: bool, mode, action, fragments, me
             sys.stdout.flush()
     except BrokenPipeError:
         # `nfguard replay ... | head`: stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        stdout_to_devnull()
         return 0
     return 0

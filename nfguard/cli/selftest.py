@@ -96,6 +96,11 @@ def _rule_table(check: Checklist) -> None:
                 bad.append(f"{name}: kernel {got}, reference {ref}, expected {want}")
     finally:
         prog.close()
+    if prog.reject_handoff == "map":
+        check.item("ok", "reject marks: this kernel refuses bpf_xdp_adjust_meta, so XDP "
+                   "hands them to the TC program through a map")
+    else:
+        check.item("ok", "reject marks: XDP hands them to the TC program as metadata")
     if bad:
         check.item("FAIL", f"rule table: {len(bad)} of {len(rules)} rules wrong: "
                    + "; ".join(bad), "report this: the kernel program and the spec disagree")

@@ -325,6 +325,9 @@ class KernelBackend:
         from nfguard.kernel.program import Program
 
         self.prog = Program(pin_dir=cfg.pin_dir, other_layout="retire")
+        if self.prog.reject_handoff == "map":
+            log.info("this kernel refuses bpf_xdp_adjust_meta: reject verdicts reach the "
+                     "TC program through a map instead of XDP metadata")
         if self.prog.migrating:
             log.warning("the maps pinned in %s were made by another nfguard build: they "
                         "are kept in %s/retired/ and the program attached now keeps "

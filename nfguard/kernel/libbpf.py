@@ -4,7 +4,10 @@ One loader, so every caller gets the same signatures and error."""
 
 import ctypes
 import ctypes.util
+import errno
+import functools
 import os
+import struct
 
 from nfguard.errors import NfguardError
 
@@ -118,6 +121,76 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> tuple[int, int,
         err = -rc if rc < 0 else ctypes.get_errno()
         raise NfguardError(f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
     return opts.retval, opts.duration, buf_out.raw[: opts.data_size_out]
+
+
+BPF_PROG_TYPE_XDP = 6
+_BPF_FUNC_XDP_ADJUST_META = 54
+_XDP_PASS = 2
+
+
+def insn(code: int, dst: int, src: int, off: int = 0, imm: int = 0) -> bytes:
+    """One struct bpf_insn, for the few-instruction probes nfguard loads raw."""
+    return struct.pack("<BBhi", code, src << 4 | dst, off, imm)
+
+
+def load_raw(prog_type: int, name: bytes, insns: bytes) -> int:
+    """Load a program of raw instructions: its fd, or a negative errno
+    (-ENOSYS where there is no libbpf to load it with)."""
+    try:
+        load = lib().bpf_prog_load
+    except (NfguardError, AttributeError):
+        return -errno.ENOSYS
+    fd = load(prog_type, name, b"GPL", insns, len(insns) // 8, None)
+    if fd >= 0:
+        return fd
+    return fd if fd < -1 else -(ctypes.get_errno() or errno.EINVAL)
+
+
+@functools.cache
+def xdp_adjust_meta_allowed() -> bool:
+    """Whether this kernel lets an XDP program call bpf_xdp_adjust_meta.
+    Some builds refuse the helper outright ("program of this type cannot
+    use helper bpf_xdp_adjust_meta#54", seen on a 6.18.44 cloud kernel),
+    and a program that calls it then does not load at all. Asked with a
+    four-instruction program; only the verifier's EINVAL counts as a no,
+    so any other trouble (no privilege, no libbpf) still shows in the real
+    load's own error."""
+    probe = (
+        insn(0xB7, 2, 0, imm=-4)  # r2 = -4 (r1 is the context)
+        + insn(0x85, 0, 0, imm=_BPF_FUNC_XDP_ADJUST_META)  # call
+        + insn(0xB7, 0, 0, imm=_XDP_PASS)  # r0 = XDP_PASS
+        + insn(0x95, 0, 0)  # exit
+    )
+    fd = load_raw(BPF_PROG_TYPE_XDP, b"nfg_meta_probe", probe)
+    if fd >= 0:
+        os.close(fd)
+        return True
+    return fd != -errno.EINVAL
+
+
+_SKB_MARK_OFFSET = 8  # struct __sk_buff: len, pkt_type, mark
+_SKB_CTX_SIZE = 256  # struct __sk_buff is 192 bytes on 6.1; the kernel copies what it has
+
+
+def skb_test_run_mark(prog_fd: int, data: bytes) -> tuple[int, int]:
+    """Run a TC (sched_cls) program once on an Ethernet frame; returns
+    (retval, the skb->mark it left)."""
+    buf_in = ctypes.create_string_buffer(bytes(data), len(data))
+    ctx_out = ctypes.create_string_buffer(_SKB_CTX_SIZE)
+    opts = _TestRunOpts(
+        sz=ctypes.sizeof(_TestRunOpts),
+        data_in=ctypes.cast(buf_in, ctypes.c_void_p),
+        data_size_in=len(data),
+        ctx_out=ctypes.cast(ctx_out, ctypes.c_void_p),
+        ctx_size_out=_SKB_CTX_SIZE,
+        repeat=1,
+    )
+    rc = lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))
+    if rc != 0:
+        err = -rc if rc < 0 else ctypes.get_errno()
+        raise NfguardError(f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
+    mark = struct.unpack_from("<I", ctx_out.raw, _SKB_MARK_OFFSET)[0]
+    return opts.retval, mark
 
 
 def obj_pin(fd: int, path: str) -> None:

@@ -1,11 +1,13 @@
 """Compile, load and drive the XDP classifier (bpf/nfguard.c) with bcc.
 
 One Program is one load of the C program: the XDP classifier, the TC
-ingress program that turns the reject metadata into skb->mark, and their
-maps. With a pin directory the state maps (bindings, trusted networks,
-ports, config, counters) are pinned there and reused by the next load, so
-enforcement and its state survive a controller restart; without one (tests,
-replay, bench) the maps are private to this load.
+ingress program that turns the reject verdict into skb->mark (handed over
+as XDP metadata, or through a map where the kernel refuses
+bpf_xdp_adjust_meta), and their maps. With a pin directory the state maps
+(bindings, trusted networks, ports, config, counters) are pinned there and
+reused by the next load, so enforcement and its state survive a controller
+restart; without one (tests, replay, bench) the maps are private to this
+load.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from nfguard import consts, policy
 from nfguard.errors import CompileError, NfguardError
 from nfguard.kernel import pins
 from nfguard.kernel.host import ensure_bpffs, require_bpf_runtime
-from nfguard.kernel.libbpf import map_ids_of_programs, obj_pin, pinned_map_id, prog_test_run
+from nfguard.kernel.libbpf import (
+    map_ids_of_programs,
+    obj_pin,
+    pinned_map_id,
+    prog_test_run,
+    xdp_adjust_meta_allowed,
+)
 from nfguard.verdict import Verdict
 
 NO_EXPIRY = (1 << 64) - 1
@@ -273,7 +281,8 @@ class Program:
     """One load of the nfguard BPF programs and their maps."""
 
     def __init__(self, pin_dir: str | None = None, cflags: Iterable[str] = (),
-                 count_all: bool | None = None, other_layout: str = "refuse"):
+                 count_all: bool | None = None, other_layout: str = "refuse",
+                 reject_handoff: str = "auto"):
         """pin_dir: pin the state maps there (the daemon); None: private maps.
         count_all: also count traffic that is not UDP to a guarded port
         (not_ip, not_udp, port_not_guarded), which the attached program
@@ -282,6 +291,10 @@ class Program:
         other_layout: what to do with pins of a build with another map
         layout: "refuse" (PinLayoutError, naming the fix) or "retire" (move
         them aside and start on fresh maps: the daemon; see pins.py).
+        reject_handoff: how a reject verdict reaches the TC program:
+        "metadata" (bpf_xdp_adjust_meta), "map" (the handoff map, for
+        kernels that refuse that helper), or "auto": metadata where the
+        kernel allows it.
 
         After the load, `fresh` says whether the state maps are new, and
         `migrating` whether retired pins wait for the daemon's first sync."""
@@ -300,6 +313,13 @@ class Program:
         self.count_all = pin_dir is None if count_all is None else count_all
         if self.count_all:
             flags.append("-DNFG_COUNT_ALL")
+        if reject_handoff not in ("auto", "metadata", "map"):
+            raise ValueError(f"reject_handoff: {reject_handoff!r}")
+        if reject_handoff == "auto":
+            reject_handoff = "metadata" if xdp_adjust_meta_allowed() else "map"
+        self.reject_handoff = reject_handoff
+        if reject_handoff == "map":
+            flags.append("-DNFG_NO_XDP_META")
         self.layout_version, _ = pins.expected(flags)
         self.fresh, self.migrating = True, False
         if pin_dir:
@@ -326,7 +346,10 @@ class Program:
             self.params_fn = self.bpf.load_func(b"nfguard_params", BPF.XDP)
             self.tc_fn = self.bpf.load_func(b"nfguard_tc", BPF.SCHED_CLS)
         except Exception as e:
-            raise CompileError(f"the kernel refused the nfguard program: {e}") from e
+            hint = ""
+            if reject_handoff == "metadata" and not xdp_adjust_meta_allowed():
+                hint = " (this kernel refuses bpf_xdp_adjust_meta: use the handoff map)"
+            raise CompileError(f"the kernel refused the nfguard program: {e}{hint}") from e
         release_compiler_memory()
         # The later stages are reached by tail calls through this array.
         self._stages = self.bpf[b"stages"]
