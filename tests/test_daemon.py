@@ -619,3 +619,22 @@ def test_bans_survive_a_restart_and_the_cli_works_without_the_daemon(env):
     text = env.nfguard("status", "--config", env.config, check=True).stdout
     assert "bans        2 active (2 manual); 0 authentication failures, 0 bans" in text
     assert "packets banned" in text  # the REGISTER dropped just now
+
+
+def test_status_says_why_an_interface_runs_generic_xdp(env):
+    """xdp_mode auto falls back to generic where the kernel refuses native
+    XDP (here: veth refuses it while its peer's MTU is above what one page
+    holds); the daemon keeps the kernel's reason and `nfguard status` shows
+    it, with what generic mode costs."""
+    run("ip", "link", "set", "eth0", "mtu", "9000", ns=env.topo.attacker)
+    env.write_config()
+    env.start()
+    rows = {i["name"]: i for i in env.status()["interfaces"]}
+    assert (rows["pbx1"]["xdp"]["mode"], rows["pbx1"]["native_refused"]) == ("native", None)
+    assert rows["pbx2"]["xdp"]["mode"] == "generic"
+    assert "MTU" in rows["pbx2"]["native_refused"], rows["pbx2"]
+    out = env.nfguard("status", "--config", env.config, check=True).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("interface") and "pbx2" in ln)
+    assert ": attached, XDP generic (the kernel refused native mode: " in line, line
+    assert "GSO super-packet" in line
+    assert "pbx1" in out and "XDP native" in out

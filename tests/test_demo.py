@@ -34,7 +34,8 @@ def test_selftest_passes_every_check():
     r = nfguard("selftest")
     assert r.returncode == 0, r.stdout + r.stderr
     lines = [line for line in r.stdout.splitlines() if line.startswith("  ")]
-    states = [line.split()[0] for line in lines if not line.strip().startswith("fix:")]
+    states = [line.split()[0] for line in lines if not line.strip().startswith("fix:")
+              and "skip  interfaces: no config at" not in line]  # none on a test host
     assert set(states) <= {"ok", "warn"}, r.stdout
     for what in ("kernel headers", "compile and load", "rule table: 12 rules",
                  "namespace round trip"):
@@ -78,3 +79,26 @@ def test_interrupted_demo_removes_everything():
     p.wait(60)
     assert p.returncode != 0
     assert leftovers("nfgdemo") == []
+
+
+def test_selftest_warns_of_generic_xdp_on_a_configured_interface(topo, prog, tmp_path):
+    """An interface of the config where nfguard runs in generic XDP mode
+    (loopback has no native XDP) is a warning that says what it costs."""
+    import json
+
+    from nfguard.kernel import attach as A
+
+    assert A.attach("lo", prog.xdp_fn.fd, prog.tc_fn.fd, netns=topo.pbx) == "generic"
+    config = tmp_path / "nfguard.yaml"
+    config.write_text(json.dumps({
+        "interfaces": [{"name": "lo", "netns": topo.pbx}, {"name": "pbx1", "netns": topo.pbx}],
+        "esl": [{"name": "fs1", "password": "ClueCon"}],
+        "pin_dir": f"/sys/fs/bpf/{topo.tag}-none", "socket": str(tmp_path / "no-daemon.sock")}))
+    try:
+        r = nfguard("selftest", "--skip-netns", "--config", str(config))
+    finally:
+        A.detach("lo", netns=topo.pbx)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"  warn  interface lo (netns {topo.pbx}): XDP generic (" in r.stdout, r.stdout
+    assert "GSO super-packet" in r.stdout
+    assert f"  warn  interface pbx1 (netns {topo.pbx}): nfguard is not attached" in r.stdout

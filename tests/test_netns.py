@@ -387,9 +387,36 @@ def test_failed_xdp_rolls_back_tc(topo, prog):
     assert A.xdp_status("lo", netns=topo.pbx) == (None, 0, None)
     assert A.tc_status("lo", netns=topo.pbx) == []
     assert "clsact" not in tc_show(topo.pbx, "qdisc", "show", "dev", "lo")
-    # auto falls back to generic there
-    assert A.attach("lo", prog.xdp_fn.fd, prog.tc_fn.fd, netns=topo.pbx) == "generic"
+    # auto falls back to generic there, and says why native was refused
+    refused = []
+    assert A.attach("lo", prog.xdp_fn.fd, prog.tc_fn.fd, netns=topo.pbx,
+                    native_refused=refused) == "generic"
+    assert len(refused) == 1 and refused[0], refused
     assert A.detach("lo", netns=topo.pbx) == (True, True, None)
+    # where native works nothing is refused
+    assert A.attach("pbx1", prog.xdp_fn.fd, prog.tc_fn.fd, netns=topo.pbx,
+                    native_refused=refused) == "native"
+    assert len(refused) == 1
+    assert A.detach("pbx1", netns=topo.pbx) == (True, True, None)
+
+
+def test_status_says_why_xdp_runs_generic():
+    """`nfguard status`: generic mode with its reason and its cost (XDP
+    sees a GSO super-packet as one frame); other modes as they are."""
+    from nfguard.cli.status import xdp_mode_text
+
+    def row(mode, configured="auto", refused=None, ours=True):
+        return {"xdp": {"mode": mode}, "nfguard_xdp": ours, "configured_xdp_mode": configured,
+                "native_refused": refused}
+
+    assert xdp_mode_text(row("native")) == "native"
+    assert xdp_mode_text(row(None, ours=False)) == "-"
+    assert xdp_mode_text(row("generic", ours=False)) == "generic"  # another tool's
+    text = xdp_mode_text(row("generic", refused="MTU too large for XDP"))
+    assert text.startswith("generic (the kernel refused native mode: MTU too large for XDP;")
+    assert "GSO super-packet" in text
+    assert xdp_mode_text(row("generic", configured="generic")).startswith("generic (configured;")
+    assert xdp_mode_text(row("generic")).startswith("generic (native mode refused or not tried;")
 
 
 def test_failed_tc_attaches_nothing(topo, prog):

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from nfguard.kernel.program import Program
 
     prog = Program(pin_dir=args.pin_dir)
+    refused: list[str] = []
     try:
         mode = attach.attach(
             args.interface,
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
             mode=args.xdp_mode,
             replace=args.replace,
             netns=args.netns,
+            native_refused=refused,
         )
         cfg = prog.config()
         prog.unpin_stale_stages()  # earlier loads this one replaced everywhere
@@ -69,4 +71,7 @@ def run(args: argparse.Namespace) -> int:
         f"nfguard: attached to {where}: XDP in {mode} mode, TC on clsact ingress; "
         f"mode {cfg['mode']}, action {cfg['action']}"
     )
+    if refused:
+        print(f"nfguard: warning: the kernel refused native XDP on {where} ({refused[0]}); "
+              "in generic mode a GSO super-packet reaches XDP as one frame")
     return 0

@@ -18,12 +18,14 @@ import os
 import platform
 import time
 
+from nfguard.cli.common import add_config_argument
 from nfguard.errors import NfguardError
 
 MIN_KERNEL = (5, 18)  # bpf_xdp_load_bytes() and bpf_xdp_get_buff_len()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
     parser.add_argument("--skip-netns", action="store_true",
                         help="leave out the network-namespace round trip")
 
@@ -143,6 +145,44 @@ def _round_trip(check: Checklist) -> None:
                    f"expected only {ADDR['phone']}", "run the test suite to find which part")
 
 
+def _interfaces(check: Checklist, config_path: str) -> None:
+    """The config's interfaces as the kernel has them: generic XDP is a
+    warning, with the kernel's reason for refusing native mode where the
+    daemon kept it. Never attaches anything itself: trying native mode on
+    an operator's NIC can reset its link."""
+    from nfguard.cli.common import socket_path
+    from nfguard.cli.status import xdp_mode_text
+    from nfguard.daemon import control
+    from nfguard.daemon.config import ConfigError, load_config
+    from nfguard.daemon.status import interface_status
+
+    if not os.path.exists(config_path):
+        check.item("skip", f"interfaces: no config at {config_path}")
+        return
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as e:
+        check.item("warn", f"interfaces: the config cannot be read: {e}",
+                   "`nfguard run` refuses it too: fix it first")
+        return
+    try:
+        rows = control.request(socket_path(config_path), "status", timeout=5)["interfaces"]
+    except NfguardError:
+        rows = interface_status(cfg)  # the daemon is down: the kernel alone
+    for row in rows:
+        where = row["name"] + (f" (netns {row['netns']})" if row["netns"] else "")
+        if row.get("error"):
+            check.item("warn", f"interface {where}: {row['error']}")
+        elif not row["nfguard_xdp"]:
+            check.item("warn", f"interface {where}: nfguard is not attached",
+                       "start the daemon (systemctl start nfguard)")
+        elif row["xdp"]["mode"] == "generic":
+            check.item("warn", f"interface {where}: XDP {xdp_mode_text(row)}",
+                       "a driver with native XDP, or (veth) an MTU that fits one page")
+        else:
+            check.item("ok", f"interface {where}: XDP {row['xdp']['mode']}")
+
+
 def run(args: argparse.Namespace) -> int:
     from nfguard.kernel import host
     from nfguard.kernel.host import can_load_bpf, effective_caps
@@ -209,5 +249,7 @@ def run(args: argparse.Namespace) -> int:
                            "check that iproute2 and network namespaces are available")
     else:
         check.item("skip", "rule table and namespace round trip (need the compile)")
+    if root:
+        _interfaces(check, args.config)
     print("result: " + ("all good" if not check.failed else f"{check.failed} failed"))
     return 1 if check.failed else 0

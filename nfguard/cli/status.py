@@ -106,7 +106,7 @@ def show(st: dict) -> None:
         else:
             state = ("attached" if i["nfguard_xdp"] and i["nfguard_tc"] else
                      "XDP only" if i["nfguard_xdp"] else "NOT attached")
-            print(f"interface   {where}: {state}, XDP {i['xdp']['mode'] or '-'}")
+            print(f"interface   {where}: {state}, XDP {xdp_mode_text(i)}")
     b = dict(st["bindings"])
     bound = b.pop("bound_addresses", None)  # the kernel's bound map: addresses, not bindings
     counts = ", ".join(f"{k} {v}" for k, v in b.items())
@@ -154,3 +154,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         show(st)
     return 0
+
+
+def xdp_mode_text(row: dict) -> str:
+    """The XDP mode of an interface row, and for generic mode why it is
+    generic and what that costs: XDP then sees a GSO super-packet as one
+    frame, which the kernel splits into datagrams only at the socket."""
+    mode = row["xdp"]["mode"]
+    if mode != "generic" or not row["nfguard_xdp"]:
+        return mode or "-"
+    if row.get("native_refused"):
+        why = f"the kernel refused native mode: {row['native_refused']}"
+    elif row.get("configured_xdp_mode") == "generic":
+        why = "configured"
+    else:
+        why = "native mode refused or not tried; the daemon that attached it logged why"
+    return (f"generic ({why}; a GSO super-packet reaches XDP as one frame, "
+            "so datagrams sent with UDP_SEGMENT are not judged one by one)")

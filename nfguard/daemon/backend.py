@@ -299,6 +299,9 @@ class KernelBackend:
         self.nft = nft
         self.sinks: list = []
         self.attached: dict[tuple[str, str | None], str] = {}  # (ifname, netns) -> XDP mode
+        # (ifname, netns) -> why the kernel refused native XDP there, where
+        # xdp_mode auto fell back to generic (shown by `nfguard status`)
+        self.native_refused: dict[tuple[str, str | None], str] = {}
         self._checker = None
         if prog is not None and nft is not None:
             self.sinks = self._sinks()
@@ -373,12 +376,23 @@ class KernelBackend:
         try:
             for itf in interfaces:
                 before = attach.xdp_status(itf.name, netns=itf.netns)
+                refused: list[str] = []
                 mode = attach.attach(itf.name, self.prog.xdp_fn.fd, self.prog.tc_fn.fd,
-                                     mode=itf.xdp_mode, netns=itf.netns)
-                self.attached[(itf.name, itf.netns)] = mode
+                                     mode=itf.xdp_mode, netns=itf.netns, native_refused=refused)
+                key = (itf.name, itf.netns)
+                self.attached[key] = mode
                 if before.prog_name != attach.XDP_PROG_NAME:
                     done.append(itf)
-                log.info("attached to %s: XDP %s, TC ingress", where(itf), mode)
+                if refused:
+                    self.native_refused[key] = refused[0]
+                    log.warning("attached to %s: XDP generic, because the kernel refused native "
+                                "mode (%s); TC ingress. In generic mode a GSO super-packet "
+                                "is judged as one frame: see `nfguard status`",
+                                where(itf), refused[0])
+                else:
+                    if mode == "native":
+                        self.native_refused.pop(key, None)
+                    log.info("attached to %s: XDP %s, TC ingress", where(itf), mode)
         except BaseException:
             for itf in done:
                 try:
@@ -398,6 +412,7 @@ class KernelBackend:
         except AttachError as e:
             log.error("detaching from %s failed: %s", where(itf), e)
         self.attached.pop((itf.name, itf.netns), None)
+        self.native_refused.pop((itf.name, itf.netns), None)
 
     def settle(self, pin_dir: str) -> None:
         """After the attach: drop what older loads and builds left pinned."""
@@ -480,7 +495,7 @@ class KernelBackend:
 
         held, drift = self.sinks[0].survey(bindings)  # the map read once for both
         st = kernel_status(self.prog, self.nft, cfg, elements=self.sinks[1].elements(),
-                           bpf_count=held)
+                           bpf_count=held, native_refused=self.native_refused)
         st["drift"].update(drift)
         bound, bound_drift = self.sinks[2].survey()
         st["bindings"]["bound_addresses"] = bound

@@ -29,10 +29,14 @@ def elements_of(bindings) -> dict[str, Element]:
     return out
 
 
-def interface_status(cfg) -> list[dict]:
+def interface_status(cfg, native_refused: Mapping[tuple, str] | None = None) -> list[dict]:
+    """Each configured interface as the kernel has it. native_refused: the
+    daemon's record of why native XDP was refused where auto mode fell
+    back to generic, by (name, netns); only the daemon knows it."""
     out = []
     for itf in cfg.interfaces:
-        row = {"name": itf.name, "netns": itf.netns, "configured_xdp_mode": itf.xdp_mode}
+        row = {"name": itf.name, "netns": itf.netns, "configured_xdp_mode": itf.xdp_mode,
+               "native_refused": (native_refused or {}).get((itf.name, itf.netns))}
         try:
             xdp = attach.xdp_status(itf.name, netns=itf.netns)
             tc = attach.tc_status(itf.name, netns=itf.netns)
@@ -47,13 +51,15 @@ def interface_status(cfg) -> list[dict]:
 
 
 def kernel_status(prog, nft, cfg, elements: Mapping[str, Element] | None = None,
-                  bpf_count: int | None = None) -> dict:
+                  bpf_count: int | None = None,
+                  native_refused: Mapping[tuple, str] | None = None) -> dict:
     """Program config, interfaces, counters, binding counts, and the drift
     between what the nft sets should hold (`elements`: the daemon's; made
     from the bindings map when there is no daemon) and what they hold. The
     bindings are read one at a time, never listed whole (at 100,000 the
     table's listing cost ~250 MB). bpf_count: the map's bindings, when the
-    caller has counted them already."""
+    caller has counted them already. native_refused: as for
+    interface_status()."""
     if elements is None:
         elements = elements_of(prog.iter_bindings())
     summary = nft.summary()
@@ -62,7 +68,7 @@ def kernel_status(prog, nft, cfg, elements: Mapping[str, Element] | None = None,
     kcfg = prog.config()
     return {
         "kernel": {**kcfg, "ports": prog.ports(), "trusted": prog.trusted()},
-        "interfaces": interface_status(cfg),
+        "interfaces": interface_status(cfg, native_refused),
         "counters": {k: v for k, v in prog.counters().items() if v},
         "bindings": {"bpf": prog.binding_count() if bpf_count is None else bpf_count,
                      "nft": (nft.held_count() or 0) if table else 0},

@@ -323,10 +323,13 @@ def attach_xdp(
     mode: str = "auto",
     replace: bool = False,
     netns: str | None = None,
+    native_refused: list[str] | None = None,
 ) -> str:
     """Attach the XDP program prog_fd to ifname and return the mode used
     ("native" or "generic"). An nfguard program already there is replaced
-    atomically; another tool's program only with replace=True."""
+    atomically; another tool's program only with replace=True. Where mode
+    auto fell back to generic, the kernel's reason for refusing native mode
+    is appended to native_refused (when given)."""
     if mode not in XDP_MODES:
         raise AttachError(f"XDP mode must be one of {', '.join(XDP_MODES)}, not {mode!r}")
     with _rtnl(netns) as ipr:
@@ -346,15 +349,17 @@ def attach_xdp(
                 finally:
                     os.close(old_fd)
             # detached in the meantime: attach afresh (NOEXIST guards races)
-        return _fresh_xdp(ipr, index, ifname, netns, prog_fd, mode)
+        return _fresh_xdp(ipr, index, ifname, netns, prog_fd, mode, native_refused)
 
 
-def _fresh_xdp(ipr, index, ifname, netns, prog_fd, mode) -> str:
+def _fresh_xdp(ipr, index, ifname, netns, prog_fd, mode, native_refused=None) -> str:
     tries = ["native", "generic"] if mode == "auto" else [mode]
     failures = []
     for m in tries:
         try:
             _set_xdp(ipr, index, prog_fd, XDP_FLAGS_UPDATE_IF_NOEXIST | MODE_FLAGS[m])
+            if failures and native_refused is not None:
+                native_refused.append(failures[0])
             return m
         except NetlinkError as e:
             err = _xdp_attach_error(e, ifname, netns, m)
@@ -602,9 +607,11 @@ def attach(
     mode: str = "auto",
     replace: bool = False,
     netns: str | None = None,
+    native_refused: list[str] | None = None,
 ) -> str:
     """Attach nfguard (TC ingress first, then XDP) to ifname; on any failure
-    take off what this call added. Returns the XDP mode used."""
+    take off what this call added. Returns the XDP mode used; native_refused
+    as for attach_xdp()."""
     if mode not in XDP_MODES:
         raise AttachError(f"XDP mode must be one of {', '.join(XDP_MODES)}, not {mode!r}")
     with _rtnl(netns) as ipr:
@@ -622,7 +629,8 @@ def attach(
                 )
         tc_new, _ = _attach_tc(ipr, index, ifname, netns, tc_fd, replace)
     try:
-        return attach_xdp(ifname, xdp_fd, mode=mode, replace=replace, netns=netns)
+        return attach_xdp(ifname, xdp_fd, mode=mode, replace=replace, netns=netns,
+                          native_refused=native_refused)
     except BaseException:
         if tc_new:
             with _rtnl(netns) as ipr:
