@@ -8,7 +8,9 @@
  * scanning goes on in nfguard_scan and nfguard_params, reached by tail
  * calls. nfguard_tc (clsact ingress) turns the XDP metadata mark of the
  * reject action into skb->mark, which an nftables rule rejects; it returns
- * TC_ACT_UNSPEC so that other tools' ingress filters still run.
+ * TC_ACT_UNSPEC so that other tools' ingress filters still run. Built with
+ * NFG_SOCKET_STAGE, nfguard_sock (cgroup_skb ingress, at the end of this
+ * file) judges at the socket what XDP could not judge whole.
  *
  * The code by concern: nfguard_consts.h (limits, reasons, modes),
  * nfguard_structs.h (map keys and values, per-CPU state), nfguard_maps.h,
@@ -48,33 +50,14 @@ static __always_inline __u32 unfinished(struct nfg_scratch *s,
 	return NFG_R_HEADERS_TRUNCATED;
 }
 
-/* Stage 0: copy the payload and check the request line. Returns a reason,
- * or NFG_R_CONTINUE when the header lines must be scanned. */
-static __always_inline __u32 classify_start(struct xdp_md *ctx,
-					    struct nfg_scratch *s,
-					    struct nfg_config *cfg)
+/* After the copy of n payload bytes into s->buf, either program's: the
+ * request line. A reason, or NFG_R_CONTINUE. */
+static __always_inline __u32 request_line(struct nfg_scratch *s,
+					  struct nfg_config *cfg, __u32 n)
 {
-	struct l4_info *l4 = &s->l4;
-	__u32 frame_len = bpf_xdp_get_buff_len(ctx);
-	__u32 avail, n, first;
+	__u32 first;
 	__u64 nl;
 
-	/* Bytes of this datagram in the frame: up to the end of the IP
-	 * packet, not of the frame (trailer bytes are no part of it). */
-	if (l4->ip_end < frame_len)
-		frame_len = l4->ip_end;
-	avail = frame_len > l4->udp_off ? frame_len - l4->udp_off : 0;
-	n = l4->payload_len < avail ? l4->payload_len : avail;
-	s->more = l4->first_fragment || l4->payload_len > n || n > NFG_SCAN_MAX;
-	if (n > NFG_SCAN_MAX)
-		n = NFG_SCAN_MAX;
-	if (n == 0)
-		return s->more ? unfinished(s, cfg) : NFG_R_METHOD_NOT_GUARDED;
-	/* Equal to n for n in [1, NFG_SCAN_MAX], in a form whose bounds the
-	 * verifier sees whatever the compiler does with the clamp above. */
-	n = ((n - 1) & NFG_SCAN_MASK) + 1;
-	if (bpf_xdp_load_bytes(ctx, l4->udp_off, s->buf, n) < 0)
-		return NFG_R_HEADERS_TRUNCATED;
 	/* Bytes past the payload are left from earlier packets: zero the
 	 * 32 the method and name checks may read (four stores, not a loop:
 	 * an unrolled loop compiles to other code). */
@@ -112,6 +95,35 @@ static __always_inline __u32 classify_start(struct xdp_md *ctx,
 	}
 	scan_lines_init(s, first);
 	return NFG_R_CONTINUE;
+}
+
+/* Stage 0: copy the payload and check the request line. Returns a reason,
+ * or NFG_R_CONTINUE when the header lines must be scanned. */
+static __always_inline __u32 classify_start(struct xdp_md *ctx,
+					    struct nfg_scratch *s,
+					    struct nfg_config *cfg)
+{
+	struct l4_info *l4 = &s->l4;
+	__u32 frame_len = bpf_xdp_get_buff_len(ctx);
+	__u32 avail, n;
+
+	/* Bytes of this datagram in the frame: up to the end of the IP
+	 * packet, not of the frame (trailer bytes are no part of it). */
+	if (l4->ip_end < frame_len)
+		frame_len = l4->ip_end;
+	avail = frame_len > l4->udp_off ? frame_len - l4->udp_off : 0;
+	n = l4->payload_len < avail ? l4->payload_len : avail;
+	s->more = l4->first_fragment || l4->payload_len > n || n > NFG_SCAN_MAX;
+	if (n > NFG_SCAN_MAX)
+		n = NFG_SCAN_MAX;
+	if (n == 0)
+		return s->more ? unfinished(s, cfg) : NFG_R_METHOD_NOT_GUARDED;
+	/* Equal to n for n in [1, NFG_SCAN_MAX], in a form whose bounds the
+	 * verifier sees whatever the compiler does with the clamp above. */
+	n = ((n - 1) & NFG_SCAN_MASK) + 1;
+	if (bpf_xdp_load_bytes(ctx, l4->udp_off, s->buf, n) < 0)
+		return NFG_R_HEADERS_TRUNCATED;
+	return request_line(s, cfg, n);
 }
 
 /* Stage 1 (after the line scan): find the credential headers. */
@@ -194,7 +206,7 @@ static __always_inline int event_allowed(struct nfg_config *cfg)
 
 static __always_inline void emit_event(struct nfg_scratch *s,
 				       struct nfg_config *cfg, __u32 reason,
-				       __u32 action, __u32 would)
+				       __u32 action, __u32 would, __u8 stage)
 {
 	struct nfg_event *ev;
 
@@ -210,6 +222,7 @@ static __always_inline void emit_event(struct nfg_scratch *s,
 	ev->would = would;
 	ev->sport = s->l4.sport;
 	ev->dport = s->l4.dport;
+	ev->stage = stage;
 	if (s->last_has_key) {
 		__builtin_memcpy(ev->user, s->key.user, NFG_USER_MAX);
 		__builtin_memcpy(ev->realm, s->key.realm, NFG_REALM_MAX);
@@ -218,6 +231,39 @@ static __always_inline void emit_event(struct nfg_scratch *s,
 		__builtin_memset(ev->realm, 0, NFG_REALM_MAX);
 	}
 	events.ringbuf_submit(ev, 0);
+}
+
+/* The key of the datagram in this frame (struct nfg_dgram_key). Where no
+ * UDP header was found (an IPv6 extension header chain too long to
+ * follow), the source with a zero header: TC keys such a frame the same. */
+static __always_inline int xdp_dgram_key(struct xdp_md *ctx,
+					 struct nfg_scratch *s,
+					 struct nfg_dgram_key *key)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 off = s->l4.udp_off;
+	void *udph;
+
+	__builtin_memcpy(key->saddr, s->l4.saddr, 16);
+	if (off == 0) {
+		__builtin_memset(key->udp, 0, sizeof(key->udp));
+		return 0;
+	}
+	if (off < sizeof(struct udphdr))
+		return -1;
+	/* Laundered, so that the compiler cannot fold the subtraction into
+	 * a negative constant offset the verifier refuses. */
+	off = launder(s, off - sizeof(struct udphdr));
+	/* The verifier proves a range only below MAX_PACKET_OFF (0xffff)
+	 * with the header's length added. */
+	if (off > 0xffff - sizeof(struct udphdr))
+		return -1;
+	udph = data + off;
+	if (udph + sizeof(struct udphdr) > data_end)
+		return -1;
+	__builtin_memcpy(key->udp, udph, sizeof(key->udp));
+	return 0;
 }
 
 #ifndef NFG_NO_XDP_META
@@ -248,29 +294,11 @@ static __always_inline int hand_over_reject(struct xdp_md *ctx,
 static __always_inline int hand_over_reject(struct xdp_md *ctx,
 					    struct nfg_scratch *s)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct nfg_handoff_key key;
-	__u32 off = s->l4.udp_off;
+	struct nfg_dgram_key key;
 	__u64 one = 1, *pending;
-	void *udph;
 
-	/* 0: no UDP header was found (an extension header chain too long
-	 * to follow), so there is no key TC could find: the caller drops. */
-	if (off < sizeof(struct udphdr))
+	if (xdp_dgram_key(ctx, s, &key) < 0)
 		return -1;
-	/* Laundered, so that the compiler cannot fold the subtraction into
-	 * a negative constant offset the verifier refuses. */
-	off = launder(s, off - sizeof(struct udphdr));
-	/* The verifier proves a range only below MAX_PACKET_OFF (0xffff)
-	 * with the header's length added. */
-	if (off > 0xffff - sizeof(struct udphdr))
-		return -1;
-	udph = data + off;
-	if (udph + sizeof(struct udphdr) > data_end)
-		return -1;
-	__builtin_memcpy(key.saddr, s->l4.saddr, 16);
-	__builtin_memcpy(key.udp, udph, sizeof(key.udp));
 	if (handoff.insert(&key, &one) == 0)
 		return 0;
 	pending = handoff.lookup(&key);
@@ -278,6 +306,24 @@ static __always_inline int hand_over_reject(struct xdp_md *ctx,
 		return -1;
 	__sync_fetch_and_add(pending, 1);
 	return 0;
+}
+#endif
+
+#ifdef NFG_SOCKET_STAGE
+/* XDP judged this datagram whole and passes it: one more of its key on the
+ * way to a socket, which the socket stage then leaves alone. */
+static __always_inline void note_seen(struct xdp_md *ctx, struct nfg_scratch *s)
+{
+	struct nfg_dgram_key key;
+	__u64 one = 1, *pending;
+
+	if (xdp_dgram_key(ctx, s, &key) < 0)
+		return;
+	if (seen.insert(&key, &one) == 0)
+		return;
+	pending = seen.lookup(&key);
+	if (pending)
+		__sync_fetch_and_add(pending, 1);
 }
 #endif
 
@@ -401,6 +447,12 @@ static __always_inline int finish(struct xdp_md *ctx, struct nfg_scratch *s,
 	if (reason < NFG_R_FIRST_VERDICT) {
 		s->last_action = NFG_ACT_PASS;
 		s->last_would = NFG_ACT_PASS;
+#ifdef NFG_SOCKET_STAGE
+		/* A first fragment passed undecided is judged whole at the
+		 * socket: not noted. */
+		if (reason != NFG_R_FRAGMENT_PASSED)
+			note_seen(ctx, s);
+#endif
 		return XDP_PASS;
 	}
 	/* A flood is dropped, never rejected: a reject answers every packet
@@ -415,7 +467,11 @@ static __always_inline int finish(struct xdp_md *ctx, struct nfg_scratch *s,
 	s->last_action = action;
 	s->last_would = would;
 	if (reason < NFG_R_FIRST_FLOOD)
-		emit_event(s, cfg, reason, action, would);
+		emit_event(s, cfg, reason, action, would, NFG_JUDGE_XDP);
+#ifdef NFG_SOCKET_STAGE
+	if (action == NFG_ACT_PASS) /* monitor: judged, and counted, here */
+		note_seen(ctx, s);
+#endif
 	return action == NFG_ACT_DROP ? XDP_DROP : XDP_PASS;
 }
 
@@ -653,7 +709,7 @@ static __always_inline int reject_handed_over(struct __sk_buff *skb,
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct hdr_cursor nh = { .pos = data };
-	struct nfg_handoff_key key;
+	struct nfg_dgram_key key;
 	struct l4_info l4;
 	__u64 *pending;
 	__u32 reason;
@@ -674,12 +730,15 @@ static __always_inline int reject_handed_over(struct __sk_buff *skb,
 		r = parse_ipv6(&nh, data_end, &l4, &reason);
 	else
 		return 0;
-	if (r != L4_UDP || nh.pos + sizeof(struct udphdr) > data_end)
+	if (r == L4_UDP && nh.pos + sizeof(struct udphdr) <= data_end)
+		__builtin_memcpy(key.udp, nh.pos, sizeof(key.udp));
+	else if (r == L4_VERDICT) /* no UDP header found: as XDP keys it */
+		__builtin_memset(key.udp, 0, sizeof(key.udp));
+	else
 		return 0;
 	if (l4_details(l3, NULL, data, data_end, &l4) < 0)
 		return 0;
 	__builtin_memcpy(key.saddr, l4.saddr, 16);
-	__builtin_memcpy(key.udp, nh.pos, sizeof(key.udp));
 	pending = handoff.lookup(&key);
 	if (!pending || *pending == 0)
 		return 0;
@@ -702,3 +761,238 @@ int nfguard_tc(struct __sk_buff *skb)
 				     : NFG_DEFAULT_REJECT_MARK;
 	return TC_ACT_UNSPEC;
 }
+
+#ifdef NFG_SOCKET_STAGE
+/* The socket stage: nfguard_sock at cgroup_skb ingress sees each datagram
+ * as a socket receives it, after IP reassembly and after GSO segmentation,
+ * from its IP header on. It judges, with the same scanner, maps, reasons,
+ * counters and events, the datagrams to a guarded port that XDP did not
+ * judge whole: the reassembly of a first fragment XDP passed undecided
+ * (fragments: pass), and each segment of a GSO super-packet that generic
+ * XDP saw as one frame. A datagram XDP judged whole and passed is in
+ * `seen`: taken off, and left alone, so that none is counted or reported
+ * twice. Only datagrams that came in on an interface in sock_ifaces (those
+ * nfguard guards) are judged: loopback and other interfaces stay as
+ * untouched as XDP leaves them. A verdict drops the datagram: a socket
+ * program cannot answer with ICMP, so reject mode drops here too. */
+
+static __always_inline int sock_state(struct nfg_config **cfg,
+				      struct nfg_scratch **s)
+{
+	__u32 zero = 0;
+
+	*cfg = config.lookup(&zero);
+	*s = sock_scratch.lookup(&zero);
+	return *cfg && *s;
+}
+
+/* The IPv6 extension headers before UDP, by bpf_skb_load_bytes() (a
+ * reassembled datagram is rarely linear). The offset of the UDP header, or
+ * -1. Reassembly removes the Fragment header; the stack keeps that of an
+ * atomic fragment (offset 0, no more), which is a whole datagram. */
+static __always_inline int sock_ipv6_udp_off(struct __sk_buff *skb, __u8 next)
+{
+	__u32 off = sizeof(struct ipv6hdr);
+	__u8 oh[4];
+
+#pragma unroll
+	for (int i = 0; i < NFG_MAX_EXT_HDRS; i++) {
+		if (next == IPPROTO_UDP)
+			return off;
+		if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
+		    next != IPPROTO_DSTOPTS && next != IPPROTO_AH &&
+		    next != IPPROTO_FRAGMENT)
+			return -1;
+		if (bpf_skb_load_bytes(skb, off, oh, sizeof(oh)) < 0)
+			return -1;
+		if (next == IPPROTO_FRAGMENT) {
+			if (oh[2] ||
+			    (oh[3] & 0xf9)) /* offset or more: a piece */
+				return -1;
+			off += 8;
+		} else if (next == IPPROTO_AH) {
+			off += (oh[1] + 2) * 4;
+		} else {
+			off += (oh[1] + 1) * 8;
+		}
+		next = oh[0];
+	}
+	return next == IPPROTO_UDP ? off : -1;
+}
+
+/* The datagram's source, UDP header and payload bounds (offsets from the
+ * IP header); 0, or -1 when it is not UDP over IP. */
+static __always_inline int sock_parse(struct __sk_buff *skb, struct l4_info *l4,
+				      struct nfg_dgram_key *key)
+{
+	struct udphdr uh;
+	__u32 len;
+	int off;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr iph;
+
+		if (bpf_skb_load_bytes(skb, 0, &iph, sizeof(iph)) < 0 ||
+		    iph.version != 4 || iph.protocol != IPPROTO_UDP ||
+		    iph.ihl < 5 || (iph.frag_off & bpf_htons(0x3fff)))
+			return -1;
+		off = iph.ihl * 4;
+		__builtin_memset(l4->saddr, 0, 10);
+		l4->saddr[10] = 0xff;
+		l4->saddr[11] = 0xff;
+		__builtin_memcpy(&l4->saddr[12], &iph.saddr, 4);
+		l4->ipv6 = 0;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6h;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip6h, sizeof(ip6h)) < 0 ||
+		    ip6h.version != 6)
+			return -1;
+		off = sock_ipv6_udp_off(skb, ip6h.nexthdr);
+		if (off < 0)
+			return -1;
+		__builtin_memcpy(l4->saddr, &ip6h.saddr, 16);
+		l4->ipv6 = 1;
+	} else {
+		return -1;
+	}
+	if (off > 0xffff || bpf_skb_load_bytes(skb, off, &uh, sizeof(uh)) < 0)
+		return -1;
+	l4->udp_off = off + sizeof(uh);
+	l4->ip_end = skb->len;
+	l4->sport = bpf_ntohs(uh.source);
+	l4->dport = bpf_ntohs(uh.dest);
+	l4->first_fragment = 0;
+	len = bpf_ntohs(uh.len);
+	if (len == 0 && l4->ipv6) /* a jumbogram: the rest of the packet */
+		l4->payload_len =
+			skb->len > l4->udp_off ? skb->len - l4->udp_off : 0;
+	else
+		l4->payload_len = len >= sizeof(uh) ? len - sizeof(uh) : 0;
+	__builtin_memcpy(key->saddr, l4->saddr, 16);
+	__builtin_memcpy(key->udp, &uh, sizeof(key->udp));
+	return 0;
+}
+
+/* Stage 0 at the socket: copy the payload, check the request line. */
+static __always_inline __u32 sock_classify_start(struct __sk_buff *skb,
+						 struct nfg_scratch *s,
+						 struct nfg_config *cfg)
+{
+	struct l4_info *l4 = &s->l4;
+	__u32 avail, n;
+
+	avail = skb->len > l4->udp_off ? skb->len - l4->udp_off : 0;
+	n = l4->payload_len < avail ? l4->payload_len : avail;
+	s->more = l4->payload_len > n || n > NFG_SCAN_MAX;
+	if (n > NFG_SCAN_MAX)
+		n = NFG_SCAN_MAX;
+	if (n == 0)
+		return s->more ? unfinished(s, cfg) : NFG_R_METHOD_NOT_GUARDED;
+	n = ((n - 1) & NFG_SCAN_MASK) + 1; /* as in classify_start() */
+	if (bpf_skb_load_bytes(skb, l4->udp_off, s->buf, n) < 0)
+		return NFG_R_HEADERS_TRUNCATED;
+	return request_line(s, cfg, n);
+}
+
+/* Count the reason, apply the mode (a verdict drops, whatever the
+ * action), send the event. 1: the socket gets the datagram. */
+static __always_inline int sock_finish(struct nfg_scratch *s,
+				       struct nfg_config *cfg, __u32 reason)
+{
+	__u32 action, would;
+
+	count_reason(&reason);
+	s->last_reason = reason;
+	if (reason < NFG_R_FIRST_VERDICT) {
+		s->last_action = NFG_ACT_PASS;
+		s->last_would = NFG_ACT_PASS;
+		return 1;
+	}
+	would = cfg->action == NFG_ACTION_REJECT && reason < NFG_R_FIRST_FLOOD
+			? NFG_ACT_MARK
+			: NFG_ACT_DROP;
+	action = cfg->mode == NFG_MODE_ENFORCE ? NFG_ACT_DROP : NFG_ACT_PASS;
+	s->last_action = action;
+	s->last_would = would;
+	if (reason < NFG_R_FIRST_FLOOD)
+		emit_event(s, cfg, reason, action, would, NFG_JUDGE_SOCKET);
+	return action == NFG_ACT_DROP ? 0 : 1;
+}
+
+int nfguard_sock(struct __sk_buff *skb)
+{
+	struct nfg_lpm_key lpm = { .prefixlen = 128 };
+	struct nfg_dgram_key key;
+	struct nfg_config *cfg;
+	struct nfg_scratch *s;
+	struct l4_info l4;
+	__u32 ifindex = skb->ifindex, port_word, reason;
+	__u64 *pending;
+	__be16 dport;
+
+	if (!sock_ifaces.lookup(&ifindex))
+		return 1;
+	if (sock_parse(skb, &l4, &key) < 0)
+		return 1;
+	dport = bpf_htons(l4.dport);
+	if (!port_guarded(&port_word, &dport))
+		return 1;
+	pending = seen.lookup(&key);
+	if (pending && *pending) {
+		__sync_fetch_and_add(pending, -1);
+		return 1; /* XDP judged it whole */
+	}
+	if (!sock_state(&cfg, &s))
+		return 1;
+	s->last_has_key = 0;
+	__builtin_memcpy(lpm.addr, l4.saddr, 16);
+	if (trusted.lookup(&lpm))
+		return sock_finish(s, cfg, NFG_R_TRUSTED);
+	s->l4 = l4;
+	s->rate_class = NFG_RC_NONE;
+	s->last_seq++;
+	reason = sock_classify_start(skb, s, cfg);
+	if (reason == NFG_R_CONTINUE) {
+		sock_stages.call(skb, NFG_STAGE_SCAN);
+		reason = NFG_R_TAIL_CALL_FAILED;
+	}
+	return sock_finish(s, cfg, reason);
+}
+
+int nfguard_sock_scan(struct __sk_buff *skb)
+{
+	struct nfg_config *cfg;
+	struct nfg_scratch *s;
+	__u32 reason;
+
+	if (!sock_state(&cfg, &s))
+		return 1;
+	scan_lines_run(s);
+	if (s->done == 0) {
+		sock_stages.call(skb, NFG_STAGE_SCAN);
+		return sock_finish(s, cfg, NFG_R_TAIL_CALL_FAILED);
+	}
+	reason = after_lines(s, cfg);
+	if (reason == NFG_R_CONTINUE) {
+		sock_stages.call(skb, NFG_STAGE_PARAMS);
+		reason = NFG_R_TAIL_CALL_FAILED;
+	}
+	return sock_finish(s, cfg, reason);
+}
+
+int nfguard_sock_params(struct __sk_buff *skb)
+{
+	struct nfg_config *cfg;
+	struct nfg_scratch *s;
+
+	if (!sock_state(&cfg, &s))
+		return 1;
+	find_params_run(s);
+	if (s->done == 0) {
+		sock_stages.call(skb, NFG_STAGE_PARAMS);
+		return sock_finish(s, cfg, NFG_R_TAIL_CALL_FAILED);
+	}
+	return sock_finish(s, cfg, after_params(s, cfg));
+}
+#endif

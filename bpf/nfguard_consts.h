@@ -47,6 +47,12 @@
  * same softirq, a NAPI budget of frames apart), so it is never evicted
  * before TC takes it. */
 #define NFG_HANDOFF_MAX 8192
+/* Datagrams XDP judged whole and passed, on their way to the socket stage
+ * (NFG_SOCKET_STAGE), which leaves them alone: an LRU map, like the
+ * handoff. One evicted early is judged twice, to the same verdict. */
+#define NFG_SEEN_MAX 16384
+/* Interfaces whose datagrams the socket stage judges. */
+#define NFG_SOCK_IFACES_MAX 256
 /* The guarded UDP ports as a bitmap: 64 ports a word. */
 #define NFG_PORT_WORDS (65536 / 64)
 /* Pages of the verdict event ring buffer. */
@@ -93,6 +99,12 @@
 #define NFG_STAGE_SCAN 0
 #define NFG_STAGE_PARAMS 1
 #define NFG_STAGES 2
+/* The program that judged a datagram (struct nfg_event's stage): XDP, on
+ * the frame as it arrived, or the socket stage (cgroup_skb ingress), on
+ * the datagram a socket receives: reassembled, or one segment of a GSO
+ * super-packet. */
+#define NFG_JUDGE_XDP 0
+#define NFG_JUDGE_SOCKET 1
 #if NFG_LINE_STEPS % NFG_STEPS_PER_CALL || NFG_PARAM_STEPS % NFG_STEPS_PER_CALL
 #error "step limits must be multiples of NFG_STEPS_PER_CALL"
 #endif

@@ -51,7 +51,18 @@ BPF_RINGBUF_OUTPUT(events, NFG_EVENTS_PAGES);
 /* Reject marks on their way from XDP to TC (nfguard.c): a datagram's key
  * -> how many such datagrams still await their mark. Private: XDP and TC
  * of one load share it. */
-BPF_TABLE("lru_hash", struct nfg_handoff_key, __u64, handoff, NFG_HANDOFF_MAX);
+BPF_TABLE("lru_hash", struct nfg_dgram_key, __u64, handoff, NFG_HANDOFF_MAX);
+#endif
+#ifdef NFG_SOCKET_STAGE
+/* The socket stage (nfguard.c): datagrams XDP judged whole and passed ->
+ * how many of them are still on their way to a socket; its own per-CPU
+ * state and stages (a socket program runs in other contexts than XDP, and
+ * a prog array holds programs of one type); and the interfaces, by
+ * ifindex, whose datagrams it judges. */
+BPF_TABLE("lru_hash", struct nfg_dgram_key, __u64, seen, NFG_SEEN_MAX);
+BPF_PERCPU_ARRAY(sock_scratch, struct nfg_scratch, 1);
+BPF_PROG_ARRAY(sock_stages, NFG_STAGES);
+BPF_HASH(sock_ifaces, __u32, __u8, NFG_SOCK_IFACES_MAX);
 #endif
 /* The later stages, reached by tail calls (see nfguard.c). */
 BPF_PROG_ARRAY(stages, NFG_STAGES);

@@ -70,11 +70,13 @@ struct nfg_addr_key {
 	__u8 addr[16];
 };
 
-/* A datagram whose reject mark waits for the TC program (NFG_NO_XDP_META):
- * its source address and whole UDP header. The checksum covers the payload,
- * so two datagrams of one flow share a key only when they are the same
- * bytes (or, over IPv4, carry no checksum and are of one length). */
-struct nfg_handoff_key {
+/* One datagram, as XDP and the later programs both find it: its source
+ * address and whole UDP header. The checksum covers the payload, so two
+ * datagrams of one flow share a key only when they are the same bytes (or,
+ * over IPv4, carry no checksum and are of one length). Keys the reject
+ * handoff to TC (NFG_NO_XDP_META) and what XDP judged for the socket stage
+ * (NFG_SOCKET_STAGE). */
+struct nfg_dgram_key {
 	__u8 saddr[16]; /* IPv6, or IPv4 mapped, as in struct l4_info */
 	__u8 udp[8];	/* ports, length, checksum: as on the wire */
 };
@@ -100,6 +102,7 @@ struct nfg_event {
 	__u32 would;  /* NFG_ACT_* enforce would take */
 	__u16 sport;
 	__u16 dport;
+	__u8 stage; /* NFG_JUDGE_*: the program that decided */
 	char user[NFG_USER_MAX];
 	char realm[NFG_REALM_MAX];
 };

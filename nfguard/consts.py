@@ -51,6 +51,12 @@ ACT_PASS = 0
 ACT_DROP = 1
 ACT_MARK = 2
 ACT_NAMES = {ACT_PASS: "pass", ACT_DROP: "drop", ACT_MARK: "mark"}
+# The program that judged a datagram (struct nfg_event's stage, NFG_JUDGE_*).
+JUDGE_XDP, JUDGE_SOCKET = 0, 1
+JUDGE_NAMES = {JUDGE_XDP: "xdp", JUDGE_SOCKET: "socket"}
+SEEN_MAX = 16384  # datagrams XDP judged whole, on their way to the socket stage
+SOCK_IFACES_MAX = 256  # interfaces whose datagrams the socket stage judges
+
 
 META_MAGIC = 0x4E464721
 DEFAULT_REJECT_MARK = 0x4E460001

@@ -385,6 +385,7 @@ class RawEvent(ctypes.Structure):
         ("would", ctypes.c_uint32),
         ("sport", ctypes.c_uint16),
         ("dport", ctypes.c_uint16),
+        ("stage", ctypes.c_uint8),
         ("user", ctypes.c_char * consts.USER_MAX),
         ("realm", ctypes.c_char * consts.REALM_MAX),
     ]
@@ -400,6 +401,7 @@ def _raw_decode(raw: bytes) -> dict:
         "reason": consts.REASONS[ev.reason], "action": consts.ACT_NAMES[ev.action],
         "would": consts.ACT_NAMES[ev.would],
         "user": ev.user.decode() or None, "realm": ev.realm.decode() or None,
+        **({"stage": ev.stage} if ev.stage != consts.JUDGE_XDP else {}),
     }
 
 

@@ -35,7 +35,8 @@ def test_limits_match():
 
 def test_map_sizes_and_layout_version_match():
     for name in ["LAYOUT_VERSION", "BINDINGS_MAX", "TRUSTED_MAX", "BANS_MAX", "BUCKETS_MAX",
-                 "HANDOFF_MAX", "PORT_WORDS", "BAN_FILTER_LOG2"]:
+                 "HANDOFF_MAX", "SEEN_MAX", "SOCK_IFACES_MAX", "PORT_WORDS",
+                 "BAN_FILTER_LOG2"]:
         assert getattr(consts, name) == _define(name), name
 
 
@@ -53,7 +54,8 @@ def test_no_bare_limits_in_the_c():
 def test_modes_actions_and_marks_match():
     for name in ["MODE_MONITOR", "MODE_ENFORCE", "ACTION_DROP", "ACTION_REJECT",
                  "FRAG_VERDICT", "FRAG_PASS", "ACT_PASS", "ACT_DROP", "ACT_MARK",
-                 "META_MAGIC", "DEFAULT_REJECT_MARK", "RC_COUNT", "RC_NONE", "BAN_MANUAL"]:
+                 "META_MAGIC", "DEFAULT_REJECT_MARK", "RC_COUNT", "RC_NONE", "BAN_MANUAL",
+                 "JUDGE_XDP", "JUDGE_SOCKET"]:
         assert getattr(consts, name) == _define(name), name
 
 

@@ -421,6 +421,14 @@ def test_the_handoff_map_marks_what_xdp_marked(map_program, family):
     assert tc_mark(tagged) == MARK
     assert tc_mark(tagged) == 0
 
+    if family == "ipv6":
+        # no UDP header found (a chain longer than XDP follows): keyed by
+        # the source alone on both sides, still marked
+        deep = P.udp_frame(INVITE, src=src, dst=dst, ext_headers=[60] * 7)
+        assert prog.test_run(deep).reason == "ext_header_limit"
+        assert prog.test_run(deep).action == "mark"
+        assert [tc_mark(deep), tc_mark(deep), tc_mark(deep)] == [MARK, MARK, 0]
+
     # bound: XDP passes it and hands nothing over
     prog.add_binding("1001", "pbx.example.com", src)
     assert prog.test_run(attacker).action == "pass"

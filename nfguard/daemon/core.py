@@ -409,7 +409,7 @@ class Daemon:
 
     def _on_kernel_event(self, ev) -> None:
         now = time.time()
-        self._event({"time": now, **asdict(ev), "stage": "xdp", "transport": "udp"})
+        self._event({"time": now, **asdict(ev), "transport": "udp"})
         if ev.user and ev.reason in CREDENTIAL_VERDICTS:
             self._alert(ev.user, ev.realm or "", ev.src, "udp", ev.reason,
                         "dropped" if ev.action == "drop" else

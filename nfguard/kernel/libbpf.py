@@ -169,18 +169,31 @@ def xdp_adjust_meta_allowed() -> bool:
 
 
 _SKB_MARK_OFFSET = 8  # struct __sk_buff: len, pkt_type, mark
+_SKB_IFINDEX_OFFSET = 40  # ... priority, ingress_ifindex, ifindex
 _SKB_CTX_SIZE = 256  # struct __sk_buff is 192 bytes on 6.1; the kernel copies what it has
 
 
 def skb_test_run_mark(prog_fd: int, data: bytes) -> tuple[int, int]:
     """Run a TC (sched_cls) program once on an Ethernet frame; returns
     (retval, the skb->mark it left)."""
+    return skb_test_run(prog_fd, data)
+
+
+def skb_test_run(prog_fd: int, data: bytes, ifindex: int = 0) -> tuple[int, int]:
+    """Run an skb program (TC, cgroup_skb) once on an Ethernet frame, as
+    received on ifindex (0: loopback); returns (retval, skb->mark after).
+    A TC program sees the frame from its Ethernet header, a cgroup_skb one
+    from its IP header."""
     buf_in = ctypes.create_string_buffer(bytes(data), len(data))
+    ctx_in = ctypes.create_string_buffer(_SKB_CTX_SIZE)
+    struct.pack_into("<I", ctx_in, _SKB_IFINDEX_OFFSET, ifindex)
     ctx_out = ctypes.create_string_buffer(_SKB_CTX_SIZE)
     opts = _TestRunOpts(
         sz=ctypes.sizeof(_TestRunOpts),
         data_in=ctypes.cast(buf_in, ctypes.c_void_p),
         data_size_in=len(data),
+        ctx_in=ctypes.cast(ctx_in, ctypes.c_void_p) if ifindex else None,
+        ctx_size_in=_SKB_IFINDEX_OFFSET + 4 if ifindex else 0,
         ctx_out=ctypes.cast(ctx_out, ctypes.c_void_p),
         ctx_size_out=_SKB_CTX_SIZE,
         repeat=1,

@@ -43,6 +43,35 @@ _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 BATCH = 10_000  # bindings a batch syscall in update_bindings(): ~2.3 MB of ctypes arrays
 
 
+_CGROUP_INET_INGRESS = 0  # enum bpf_attach_type
+_BPF_F_ALLOW_MULTI = 2
+
+
+def _untagged(frame: bytes) -> bytes:
+    """The frame without its VLAN tags, as the stack hands it to IP: what
+    a socket program sees of it."""
+    while len(frame) >= 18 and frame[12:14] in (b"\x81\x00", b"\x88\xa8"):
+        frame = frame[:12] + frame[16:]
+    return frame
+
+
+class _cgroup_fd:
+    """An O_RDONLY fd of a cgroup v2 directory, closed on exit."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self) -> int:
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            raise NfguardError(f"cgroup {self.path}: {e.strerror}") from None
+        return self.fd
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
+
+
 class _EventC(ctypes.Structure):
     """struct nfg_event (bpf/nfguard_structs.h)."""
 
@@ -54,6 +83,7 @@ class _EventC(ctypes.Structure):
         ("would", ctypes.c_uint32),
         ("sport", ctypes.c_uint16),
         ("dport", ctypes.c_uint16),
+        ("stage", ctypes.c_uint8),
         ("user", ctypes.c_char * consts.USER_MAX),
         ("realm", ctypes.c_char * consts.REALM_MAX),
     ]
@@ -275,6 +305,7 @@ class Event:
     would: str
     user: str | None
     realm: str | None
+    stage: str = "xdp"  # the program that judged it: xdp or socket
 
 
 class Program:
@@ -282,7 +313,7 @@ class Program:
 
     def __init__(self, pin_dir: str | None = None, cflags: Iterable[str] = (),
                  count_all: bool | None = None, other_layout: str = "refuse",
-                 reject_handoff: str = "auto"):
+                 reject_handoff: str = "auto", socket_stage: bool = False):
         """pin_dir: pin the state maps there (the daemon); None: private maps.
         count_all: also count traffic that is not UDP to a guarded port
         (not_ip, not_udp, port_not_guarded), which the attached program
@@ -295,6 +326,9 @@ class Program:
         "metadata" (bpf_xdp_adjust_meta), "map" (the handoff map, for
         kernels that refuse that helper), or "auto": metadata where the
         kernel allows it.
+        socket_stage: also load the socket stage (cgroup_skb ingress,
+        bpf/nfguard.c), which judges datagrams as a socket receives them:
+        reassembled, or one segment of a GSO super-packet.
 
         After the load, `fresh` says whether the state maps are new, and
         `migrating` whether retired pins wait for the daemon's first sync."""
@@ -320,6 +354,9 @@ class Program:
         self.reject_handoff = reject_handoff
         if reject_handoff == "map":
             flags.append("-DNFG_NO_XDP_META")
+        self.socket_stage = socket_stage
+        if socket_stage:
+            flags.append("-DNFG_SOCKET_STAGE")
         self.layout_version, _ = pins.expected(flags)
         self.fresh, self.migrating = True, False
         if pin_dir:
@@ -345,6 +382,12 @@ class Program:
             self.scan_fn = self.bpf.load_func(b"nfguard_scan", BPF.XDP)
             self.params_fn = self.bpf.load_func(b"nfguard_params", BPF.XDP)
             self.tc_fn = self.bpf.load_func(b"nfguard_tc", BPF.SCHED_CLS)
+            self.sock_fn = self.sock_scan_fn = self.sock_params_fn = None
+            if socket_stage:
+                self.sock_fn = self.bpf.load_func(b"nfguard_sock", BPF.CGROUP_SKB)
+                self.sock_scan_fn = self.bpf.load_func(b"nfguard_sock_scan", BPF.CGROUP_SKB)
+                self.sock_params_fn = self.bpf.load_func(b"nfguard_sock_params",
+                                                         BPF.CGROUP_SKB)
         except Exception as e:
             hint = ""
             if reject_handoff == "metadata" and not xdp_adjust_meta_allowed():
@@ -355,6 +398,13 @@ class Program:
         self._stages = self.bpf[b"stages"]
         self._stages[ctypes.c_int(consts.STAGE_SCAN)] = ctypes.c_int(self.scan_fn.fd)
         self._stages[ctypes.c_int(consts.STAGE_PARAMS)] = ctypes.c_int(self.params_fn.fd)
+        if socket_stage:
+            sock_stages = self.bpf[b"sock_stages"]
+            sock_stages[ctypes.c_int(consts.STAGE_SCAN)] = ctypes.c_int(self.sock_scan_fn.fd)
+            sock_stages[ctypes.c_int(consts.STAGE_PARAMS)] = ctypes.c_int(
+                self.sock_params_fn.fd)
+            self._sock_ifaces = self.bpf[b"sock_ifaces"]
+            self._sock_scratch = self.bpf[b"sock_scratch"]
         self.stages_pin = None
         if pin_dir:
             # A prog array loses its entries when its last user reference
@@ -818,6 +868,7 @@ class Program:
             would=consts.ACT_NAMES[ev.would],
             user=user,
             realm=realm,
+            stage=consts.JUDGE_NAMES.get(ev.stage, str(ev.stage)),
         )
 
     # -- BPF_PROG_TEST_RUN -----------------------------------------------
@@ -865,6 +916,97 @@ class Program:
         user = realm = None
         if reason in ("bound", "not_bound", "expired"):
             slot = self._scratch.getvalue(self._scratch.Key(0))[cpu]
+            user, realm = _cstr(slot.key.user), _cstr(slot.key.realm)
+        return Verdict(action=action, reason=reason, would=would, user=user,
+                       realm=realm, retval=retval)
+
+    def _need_socket_stage(self) -> None:
+        if not self.socket_stage:
+            raise NfguardError("this load has no socket stage (Program(socket_stage=True))")
+
+    def set_socket_interfaces(self, ifindexes: Iterable[int]) -> None:
+        """The interfaces, by ifindex, whose datagrams the socket stage
+        judges (those nfguard guards with XDP)."""
+        self._need_socket_stage()
+        want = set(ifindexes)
+        if len(want) > consts.SOCK_IFACES_MAX:
+            raise NfguardError(f"at most {consts.SOCK_IFACES_MAX} interfaces")
+        for k in list(self._sock_ifaces.keys()):
+            if k.value not in want:
+                del self._sock_ifaces[k]
+        for i in want:
+            self._sock_ifaces[ctypes.c_uint32(i)] = ctypes.c_uint8(1)
+
+    def forget_in_flight(self) -> None:
+        """Empty the maps of datagrams on their way from XDP to a later
+        program (the reject handoff, the socket stage's notes): for tests,
+        whose test runs leave entries that no packet ever takes."""
+        for name in (b"handoff", b"seen"):
+            try:
+                table = self.bpf[name]
+            except KeyError:
+                continue  # not in this build
+            table.clear()
+
+    def socket_interfaces(self) -> set[int]:
+        self._need_socket_stage()
+        return {k.value for k in self._sock_ifaces}
+
+    def attach_cgroup(self, path: str) -> None:
+        """Attach the socket stage at ingress of the cgroup (v2) at path,
+        beside other programs there (BPF_F_ALLOW_MULTI)."""
+        self._need_socket_stage()
+        with _cgroup_fd(path) as fd:
+            try:
+                self._BPF.attach_func(self.sock_fn, fd, _CGROUP_INET_INGRESS, _BPF_F_ALLOW_MULTI)
+            except Exception as e:  # bcc raises bare Exception
+                raise NfguardError(f"attaching the socket stage to cgroup {path}: {e}") from e
+
+    def detach_cgroup(self, path: str) -> None:
+        self._need_socket_stage()
+        with _cgroup_fd(path) as fd:
+            try:
+                self._BPF.detach_func(self.sock_fn, fd, _CGROUP_INET_INGRESS)
+            except Exception as e:
+                raise NfguardError(f"detaching the socket stage from cgroup {path}: {e}") from e
+
+    def socket_test_run(self, frame: bytes, ifindex: int = 1) -> Verdict | None:
+        """Run one Ethernet frame through the socket stage, as a socket
+        that received it on ifindex would (the IP datagram whole). None
+        where the stage left it alone (no counter moved: not on a judged
+        interface, not UDP to a guarded port, or judged by XDP already);
+        else the verdict, as test_run() gives it."""
+        from nfguard.kernel.libbpf import skb_test_run
+
+        self._need_socket_stage()
+        frame = _untagged(frame)
+        for _ in range(5):
+            before = self._counter_slots()
+            retval, _ = skb_test_run(self.sock_fn.fd, frame, ifindex=ifindex)
+            after = self._counter_slots()
+            moved = [(r, cpu, a - b)
+                     for r, (row_a, row_b) in enumerate(zip(after, before, strict=True))
+                     for cpu, (a, b) in enumerate(zip(row_a, row_b, strict=True)) if a != b]
+            if not moved:
+                if retval != 1:
+                    raise NfguardError("the socket stage dropped a datagram it did not count")
+                return None
+            if len(moved) == 1 and moved[0][2] == 1:
+                break
+        else:
+            raise NfguardError("could not tell which reason the test run counted")
+        reason_id, cpu, _ = moved[0]
+        reason = consts.REASONS[reason_id]
+        cfg = self.config()
+        if consts.is_verdict(reason):
+            would = "mark" if cfg["action"] == "reject" and not consts.is_flood(reason) \
+                else "drop"
+        else:
+            would = "pass"
+        action = "drop" if retval == 0 else "pass"
+        user = realm = None
+        if reason in ("bound", "not_bound", "expired"):
+            slot = self._sock_scratch.getvalue(self._sock_scratch.Key(0))[cpu]
             user, realm = _cstr(slot.key.user), _cstr(slot.key.realm)
         return Verdict(action=action, reason=reason, would=would, user=user,
                        realm=realm, retval=retval)
