@@ -42,6 +42,24 @@ def test_xdp_json_shape():
         assert isinstance(case["ratio"], (int, float)) and case["ratio"] > 0, name
 
 
+def test_socket_json_shape():
+    """bench socket: every case checked for its path first (the bench
+    refuses otherwise), then timed beside a bare cgroup_skb program and XDP
+    on the same frame."""
+    need_kernel()
+    from nfguard.bench.socket import socket_cases
+
+    out = nfguard("bench", "socket", "--json", "--repeat", "2000", "--rounds", "1")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert list(result) == ["bare_allow_ns", "cases"]
+    assert result["bare_allow_ns"] > 0
+    assert list(result["cases"]) == [name for name, _, _ in socket_cases()]
+    for name, case in result["cases"].items():
+        assert list(case) == ["ns", "ratio", "xdp_ns"], name
+        assert case["ns"] > 0 and case["xdp_ns"] > 0, name
+
+
 def test_default_target_is_xdp_and_readable():
     need_kernel()
     out = nfguard("bench", "--repeat", "500", "--rounds", "1")

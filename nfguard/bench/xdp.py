@@ -15,6 +15,8 @@ Targets (one function each in TARGETS; `xdp` is the default):
 - guard: FreeSWITCH's CPU per call without and with the FreeSWITCH-side
   guard (nfguard/bench/guard.py; its own --guard-calls and --guard-rounds).
 
+- socket: ns per datagram of the socket stage, next to a bare cgroup_skb
+  program and XDP on the same frames (nfguard/bench/socket.py).
 - xdp: ns per packet of the XDP classifier under BPF_PROG_TEST_RUN with
   repeat, for a set of typical and worst-case frames, next to a bare XDP_PASS
   program measured in the same run (docs/design.md section 7: non-SIP UDP within
@@ -289,6 +291,18 @@ def _print_xdp(result: dict, repeat: int, rounds: int, loads: int) -> None:
         print(f"  {name:<18} {c['ns']:>6} ns  {c['ratio']:5.2f}x")
 
 
+def _bench_socket(repeat: int, rounds: int, loads: int) -> dict:
+    from nfguard.bench.socket import bench_socket  # imports this module's helpers
+
+    return bench_socket(repeat, rounds, loads)
+
+
+def _print_socket(result: dict, repeat: int, rounds: int, loads: int) -> None:
+    from nfguard.bench.socket import print_socket
+
+    print_socket(result, repeat, rounds, loads)
+
+
 # target -> (measure(repeat, rounds, loads) -> dict,
 #            print(result, repeat, rounds, loads))
 TARGETS: dict[str, tuple[Callable[[int, int, int], dict],
@@ -297,6 +311,7 @@ TARGETS: dict[str, tuple[Callable[[int, int, int], dict],
     "esl": (bench_esl, print_esl),
     "sync": (bench_sync, print_sync),
     "mirror": (bench_mirror, print_mirror),
+    "socket": (_bench_socket, _print_socket),
 }
 
 

@@ -176,14 +176,16 @@ _SKB_CTX_SIZE = 256  # struct __sk_buff is 192 bytes on 6.1; the kernel copies w
 def skb_test_run_mark(prog_fd: int, data: bytes) -> tuple[int, int]:
     """Run a TC (sched_cls) program once on an Ethernet frame; returns
     (retval, the skb->mark it left)."""
-    return skb_test_run(prog_fd, data)
+    retval, mark, _ = skb_test_run(prog_fd, data)
+    return retval, mark
 
 
-def skb_test_run(prog_fd: int, data: bytes, ifindex: int = 0) -> tuple[int, int]:
-    """Run an skb program (TC, cgroup_skb) once on an Ethernet frame, as
-    received on ifindex (0: loopback); returns (retval, skb->mark after).
-    A TC program sees the frame from its Ethernet header, a cgroup_skb one
-    from its IP header."""
+def skb_test_run(prog_fd: int, data: bytes, ifindex: int = 0,
+                 repeat: int = 1) -> tuple[int, int, int]:
+    """Run an skb program (TC, cgroup_skb) repeat times on an Ethernet
+    frame, as received on ifindex (0: loopback); returns (retval, skb->mark
+    after, ns per run). A TC program sees the frame from its Ethernet
+    header, a cgroup_skb one from its IP header."""
     buf_in = ctypes.create_string_buffer(bytes(data), len(data))
     ctx_in = ctypes.create_string_buffer(_SKB_CTX_SIZE)
     struct.pack_into("<I", ctx_in, _SKB_IFINDEX_OFFSET, ifindex)
@@ -196,14 +198,14 @@ def skb_test_run(prog_fd: int, data: bytes, ifindex: int = 0) -> tuple[int, int]
         ctx_size_in=_SKB_IFINDEX_OFFSET + 4 if ifindex else 0,
         ctx_out=ctypes.cast(ctx_out, ctypes.c_void_p),
         ctx_size_out=_SKB_CTX_SIZE,
-        repeat=1,
+        repeat=repeat,
     )
     rc = lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))
     if rc != 0:
         err = -rc if rc < 0 else ctypes.get_errno()
         raise NfguardError(f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
     mark = struct.unpack_from("<I", ctx_out.raw, _SKB_MARK_OFFSET)[0]
-    return opts.retval, mark
+    return opts.retval, mark, opts.duration
 
 
 def obj_pin(fd: int, path: str) -> None:

@@ -982,7 +982,7 @@ class Program:
         frame = _untagged(frame)
         for _ in range(5):
             before = self._counter_slots()
-            retval, _ = skb_test_run(self.sock_fn.fd, frame, ifindex=ifindex)
+            retval, _, _ = skb_test_run(self.sock_fn.fd, frame, ifindex=ifindex)
             after = self._counter_slots()
             moved = [(r, cpu, a - b)
                      for r, (row_a, row_b) in enumerate(zip(after, before, strict=True))
@@ -1010,6 +1010,14 @@ class Program:
             user, realm = _cstr(slot.key.user), _cstr(slot.key.realm)
         return Verdict(action=action, reason=reason, would=would, user=user,
                        realm=realm, retval=retval)
+
+    def socket_time_run(self, frame: bytes, repeat: int, ifindex: int = 1) -> int:
+        """Average ns per run of the socket stage on frame over repeat runs."""
+        from nfguard.kernel.libbpf import skb_test_run
+
+        self._need_socket_stage()
+        return skb_test_run(self.sock_fn.fd, _untagged(frame), ifindex=ifindex,
+                            repeat=repeat)[2]
 
     def time_run(self, frame: bytes, repeat: int) -> int:
         """Average ns per run of the XDP program on frame over repeat runs."""
