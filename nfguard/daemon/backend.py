@@ -94,11 +94,8 @@ class BpfSink:
 
     def read(self) -> dict[Binding, float]:
         """The map's bindings with their expiry as epoch seconds."""
-        from nfguard.kernel.program import NO_EXPIRY
-
         now, boot = time.time(), boottime_ns()
-        return {Binding(b.user, b.realm, b.ip):
-                math.inf if b.expires_ns >= NO_EXPIRY else now + (b.expires_ns - boot) / 1e9
+        return {Binding(b.user, b.realm, b.ip): epoch_of(b.expires_ns, now, boot)
                 for b in self.prog.bindings()}
 
     def apply(self, diff: Diff, now: float) -> None:

@@ -394,15 +394,21 @@ class Daemon:
             if q.qsize() < 1000:
                 q.put_nowait(item)
 
+    def _throttled(self, key: tuple, now: float) -> bool:
+        """Whether a warning about key was logged less than alert_interval
+        ago; if not, it is logged now (the caller logs it)."""
+        last = self._alerted.get(key)
+        if last is not None and now - last < self.cfg.alert_interval:
+            return True
+        self._alerted[key] = now
+        return False
+
     def _alert(self, user: str, realm: str, src: str, transport: str, reason: str,
                outcome: str, now: float) -> None:
         """One ALERT line per (credentials, source, transport) per
         alert_interval: the credentials were used where they are not bound."""
-        key = (kernel_case(user), kernel_case(realm), src, transport)
-        last = self._alerted.get(key)
-        if last is not None and now - last < self.cfg.alert_interval:
+        if self._throttled((kernel_case(user), kernel_case(realm), src, transport), now):
             return
-        self._alerted[key] = now
         log.warning("ALERT: the credentials of %s@%s were used from %s over %s, where they "
                     "are not registered (%s; %s): the password is likely compromised, "
                     "rotate it", user, realm, src, transport, reason, outcome)
@@ -434,10 +440,7 @@ class Daemon:
         if v.reason in CREDENTIAL_VERDICTS:
             self._alert(v.user, v.realm, v.ip, v.transport, v.reason, outcome, now)
         else:  # malformed: FreeSWITCH's source address could not be read
-            key = ("malformed", v.profile, v.transport)
-            last = self._alerted.get(key)
-            if last is None or now - last >= self.cfg.alert_interval:
-                self._alerted[key] = now
+            if not self._throttled(("malformed", v.profile, v.transport), now):
                 log.warning("the FreeSWITCH guard could not read the source address %r of a "
                             "call with the credentials of %s@%s over %s (profile %s; %s)",
                             v.ip, v.user, v.realm, v.transport, v.profile or "?", outcome)

@@ -63,13 +63,16 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from nfguard.daemon.config import GUARD_DEFAULT_TRANSPORTS, GUARD_TRANSPORTS
 from nfguard.daemon.esl import EslError, wait_set
 
 log = logging.getLogger("nfguard")
 
 REALM = "nfguard"
-TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
-DEFAULT_TRANSPORTS = ("tcp", "tls", "ws", "wss")
+# The transports the guard knows and those monitor mode counts by default:
+# the config's, one definition.
+TRANSPORTS = GUARD_TRANSPORTS
+DEFAULT_TRANSPORTS = GUARD_DEFAULT_TRANSPORTS
 CHUNK = 256  # hash commands written at once (one api_many)
 WINDOW = 8  # such chunks in flight at once
 BATCH = 8192  # dirty credentials taken at once by an incremental write
