@@ -89,14 +89,16 @@ def test_the_socket_stage_judges_what_a_socket_receives(sp, name, frame, mode, a
 
 
 def test_other_interfaces_ports_and_protocols_are_left_alone(sp):
-    assert sp.socket_test_run(dgram(INVITE, src=ATTACKER), ifindex=2) is None
     assert sp.socket_test_run(dgram(INVITE, src=ATTACKER, dport=5080), ifindex=LO) is None
     tcp = P.ip_frame(ATTACKER, PBX, 6, bytes(20) + INVITE)
     assert sp.socket_test_run(tcp, ifindex=LO) is None
     assert sum(sp.counters().values()) == 0
+    # received on an interface nfguard does not guard (the test runs can
+    # only receive on interfaces that exist: loopback, left out here)
     sp.set_socket_interfaces([2, 3])
     assert sp.socket_interfaces() == {2, 3}
     assert sp.socket_test_run(dgram(INVITE, src=ATTACKER), ifindex=LO) is None
+    assert sum(sp.counters().values()) == 0
 
 
 def test_a_trusted_source_passes(sp):
