@@ -20,8 +20,8 @@ TOPO_PREFIX = "nfgt"  # namespaces of the topo fixture: nfgt<pid>-<n>-<role>
 
 
 # Fixtures that need the kernel (their tests are marked `kernel` below).
-KERNEL_FIXTURES = frozenset({"program", "prog", "map_program", "pin_dir", "topo", "fs_topo",
-                             "freeswitch", "nfguard_fs"})
+KERNEL_FIXTURES = frozenset({"program", "prog", "map_program", "sock_program", "pin_dir",
+                             "topo", "fs_topo", "freeswitch", "nfguard_fs"})
 
 
 def pytest_collection_modifyitems(items):
@@ -93,6 +93,17 @@ def map_program():
     from nfguard.kernel.program import Program
 
     p = Program(reject_handoff="map")
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="session")
+def sock_program():
+    """A load with the socket stage (Program(socket_stage=True))."""
+    need_kernel()
+    from nfguard.kernel.program import Program
+
+    p = Program(socket_stage=True)
     yield p
     p.close()
 

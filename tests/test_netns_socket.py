@@ -18,7 +18,7 @@ from nfguard.kernel import attach as A
 from nfguard.lab.topology import ADDR, run
 from nfguard.packets import sip_request
 
-from conftest import cannot_run, default_state, need_kernel
+from conftest import cannot_run, default_state
 from test_netns import recv_until, sentinel
 
 pytestmark = pytest.mark.netns
@@ -67,16 +67,6 @@ def member_of(path: str):
     finally:
         with open(os.path.join(cgroup2_root() + home, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
-
-
-@pytest.fixture(scope="module")
-def sock_program():
-    need_kernel()
-    from nfguard.kernel.program import Program
-
-    p = Program(socket_stage=True)
-    yield p
-    p.close()
 
 
 @pytest.fixture

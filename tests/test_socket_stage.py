@@ -12,7 +12,7 @@ from nfguard import consts
 from nfguard import packets as P
 
 from cases import CASES, SRC, Case
-from conftest import default_state, need_kernel
+from conftest import default_state
 
 pytestmark = pytest.mark.kernel
 
@@ -25,16 +25,6 @@ INVITE = P.sip_request(user=USER, realm=REALM)
 # 1.6 kB of headers: at MTU 1500 they do not end in the first fragment
 BIG_INVITE = P.sip_request(user=USER, realm=REALM,
                            extra_headers=[f"X-Pad-{i}: {'p' * 70}" for i in range(20)])
-
-
-@pytest.fixture(scope="module")
-def sock_program():
-    need_kernel()
-    from nfguard.kernel.program import Program
-
-    p = Program(socket_stage=True)
-    yield p
-    p.close()
 
 
 @pytest.fixture
