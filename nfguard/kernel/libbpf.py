@@ -116,11 +116,15 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> tuple[int, int,
         data_size_out=out_size,
         repeat=repeat,
     )
+    _test_run(prog_fd, opts)
+    return opts.retval, opts.duration, buf_out.raw[: opts.data_size_out]
+
+
+def _test_run(prog_fd: int, opts: _TestRunOpts) -> None:
     rc = lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))
     if rc != 0:
         err = -rc if rc < 0 else ctypes.get_errno()
         raise NfguardError(f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
-    return opts.retval, opts.duration, buf_out.raw[: opts.data_size_out]
 
 
 BPF_PROG_TYPE_XDP = 6
@@ -200,10 +204,7 @@ def skb_test_run(prog_fd: int, data: bytes, ifindex: int = 0,
         ctx_size_out=_SKB_CTX_SIZE,
         repeat=repeat,
     )
-    rc = lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))
-    if rc != 0:
-        err = -rc if rc < 0 else ctypes.get_errno()
-        raise NfguardError(f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
+    _test_run(prog_fd, opts)
     mark = struct.unpack_from("<I", ctx_out.raw, _SKB_MARK_OFFSET)[0]
     return opts.retval, mark, opts.duration
 

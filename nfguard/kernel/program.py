@@ -877,28 +877,28 @@ class Program:
         return [list(self._counters.getvalue(self._counters.Key(i)))
                 for i in range(len(consts.REASONS))]
 
-    def test_run(self, frame: bytes) -> Verdict:
-        """Run one frame through the loaded XDP program in the kernel.
-
-        The reason is the one counter the run moved (non-SIP traffic passes
-        without touching anything else); user and realm come from the
-        per-CPU scratch of the CPU that ran it. Real traffic moving a
-        counter of a pinned program at the same moment makes the run
+    def _counted_run(self, run: Callable[[], int]) -> tuple[int, int | None, int | None]:
+        """run() a test run: (its return value, the reason and CPU of the one
+        counter it moved), or None for both where it moved none. Real traffic
+        moving a counter of a pinned program at the same moment makes a run
         ambiguous: it is repeated."""
         for _ in range(5):
             before = self._counter_slots()
-            retval, _, _ = prog_test_run(self.xdp_fn.fd, frame)
+            retval = run()
             after = self._counter_slots()
             moved = [(r, cpu, a - b)
                      for r, (row_a, row_b) in enumerate(zip(after, before, strict=True))
                      for cpu, (a, b) in enumerate(zip(row_a, row_b, strict=True)) if a != b]
+            if not moved:
+                return retval, None, None
             if len(moved) == 1 and moved[0][2] == 1:
-                break
-        else:
-            if not moved and retval == XDP_PASS and not self.count_all:
-                raise NfguardError("test_run() needs a program loaded with count_all=True")
-            raise NfguardError("could not tell which reason the test run counted")
-        reason_id, cpu, _ = moved[0]
+                return retval, moved[0][0], moved[0][1]
+        raise NfguardError("could not tell which reason the test run counted")
+
+    def _verdict(self, reason_id: int, cpu: int, retval: int, dropped: bool,
+                 scratch) -> Verdict:
+        """The verdict of a test run that counted reason_id on cpu; user and
+        realm from that CPU's slot of scratch."""
         reason = consts.REASONS[reason_id]
         cfg = self.config()
         if consts.is_verdict(reason):
@@ -907,18 +907,33 @@ class Program:
                 else "drop"
         else:
             would = "pass"
-        if retval == XDP_DROP:
+        if dropped:
             action = "drop"
         elif would != "pass" and cfg["mode"] == "enforce":
-            action = "mark"  # passed with the reject mark in its metadata
+            action = "mark"  # passed with the reject mark handed to TC
         else:
             action = "pass"
         user = realm = None
         if reason in ("bound", "not_bound", "expired"):
-            slot = self._scratch.getvalue(self._scratch.Key(0))[cpu]
+            slot = scratch.getvalue(scratch.Key(0))[cpu]
             user, realm = _cstr(slot.key.user), _cstr(slot.key.realm)
         return Verdict(action=action, reason=reason, would=would, user=user,
                        realm=realm, retval=retval)
+
+    def test_run(self, frame: bytes) -> Verdict:
+        """Run one frame through the loaded XDP program in the kernel.
+
+        The reason is the one counter the run moved (non-SIP traffic passes
+        without touching anything else); user and realm come from the
+        per-CPU scratch of the CPU that ran it."""
+        retval, reason_id, cpu = self._counted_run(
+            lambda: prog_test_run(self.xdp_fn.fd, frame)[0])
+        if reason_id is None:
+            if retval == XDP_PASS and not self.count_all:
+                raise NfguardError("test_run() needs a program loaded with count_all=True")
+            raise NfguardError("could not tell which reason the test run counted")
+        return self._verdict(reason_id, cpu, retval, dropped=retval == XDP_DROP,
+                             scratch=self._scratch)
 
     def _need_socket_stage(self) -> None:
         if not self.socket_stage:
@@ -972,44 +987,22 @@ class Program:
 
     def socket_test_run(self, frame: bytes, ifindex: int = 1) -> Verdict | None:
         """Run one Ethernet frame through the socket stage, as a socket
-        that received it on ifindex would (the IP datagram whole). None
-        where the stage left it alone (no counter moved: not on a judged
-        interface, not UDP to a guarded port, or judged by XDP already);
-        else the verdict, as test_run() gives it."""
+        that received it on ifindex would (the IP datagram whole, VLAN tags
+        taken off). None where the stage left it alone (no counter moved:
+        not on a judged interface, not UDP to a guarded port, or judged by
+        XDP already); else the verdict, as test_run() gives it."""
         from nfguard.kernel.libbpf import skb_test_run
 
         self._need_socket_stage()
         frame = _untagged(frame)
-        for _ in range(5):
-            before = self._counter_slots()
-            retval, _, _ = skb_test_run(self.sock_fn.fd, frame, ifindex=ifindex)
-            after = self._counter_slots()
-            moved = [(r, cpu, a - b)
-                     for r, (row_a, row_b) in enumerate(zip(after, before, strict=True))
-                     for cpu, (a, b) in enumerate(zip(row_a, row_b, strict=True)) if a != b]
-            if not moved:
-                if retval != 1:
-                    raise NfguardError("the socket stage dropped a datagram it did not count")
-                return None
-            if len(moved) == 1 and moved[0][2] == 1:
-                break
-        else:
-            raise NfguardError("could not tell which reason the test run counted")
-        reason_id, cpu, _ = moved[0]
-        reason = consts.REASONS[reason_id]
-        cfg = self.config()
-        if consts.is_verdict(reason):
-            would = "mark" if cfg["action"] == "reject" and not consts.is_flood(reason) \
-                else "drop"
-        else:
-            would = "pass"
-        action = "drop" if retval == 0 else "pass"
-        user = realm = None
-        if reason in ("bound", "not_bound", "expired"):
-            slot = self._sock_scratch.getvalue(self._sock_scratch.Key(0))[cpu]
-            user, realm = _cstr(slot.key.user), _cstr(slot.key.realm)
-        return Verdict(action=action, reason=reason, would=would, user=user,
-                       realm=realm, retval=retval)
+        retval, reason_id, cpu = self._counted_run(
+            lambda: skb_test_run(self.sock_fn.fd, frame, ifindex=ifindex)[0])
+        if reason_id is None:
+            if retval != 1:
+                raise NfguardError("the socket stage dropped a datagram it did not count")
+            return None
+        return self._verdict(reason_id, cpu, retval, dropped=retval == 0,
+                             scratch=self._sock_scratch)
 
     def socket_time_run(self, frame: bytes, repeat: int, ifindex: int = 1) -> int:
         """Average ns per run of the socket stage on frame over repeat runs."""
