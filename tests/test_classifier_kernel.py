@@ -385,9 +385,9 @@ class RawEvent(ctypes.Structure):
         ("would", ctypes.c_uint32),
         ("sport", ctypes.c_uint16),
         ("dport", ctypes.c_uint16),
-        ("stage", ctypes.c_uint8),
         ("user", ctypes.c_char * consts.USER_MAX),
         ("realm", ctypes.c_char * consts.REALM_MAX),
+        ("stage", ctypes.c_uint8),
     ]
 
 
