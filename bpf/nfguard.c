@@ -687,16 +687,19 @@ int nfguard_params(struct xdp_md *ctx)
 }
 
 #ifndef NFG_NO_XDP_META
-/* Whether XDP marked this datagram for rejection: its metadata word. */
+/* Whether XDP marked this datagram for rejection: its metadata word. The
+ * config is looked up only then: most packets carry no metadata. */
 static __always_inline int reject_handed_over(struct __sk_buff *skb,
-					      struct nfg_config *cfg)
+					      struct nfg_config **cfg)
 {
 	void *data = (void *)(long)skb->data;
 	__u32 *word = (void *)(long)skb->data_meta;
+	__u32 zero = 0;
 
-	if ((void *)(word + 1) > data)
+	if ((void *)(word + 1) > data || *word != NFG_META_MAGIC)
 		return 0;
-	return *word == NFG_META_MAGIC;
+	*cfg = config.lookup(&zero);
+	return *cfg != NULL;
 }
 #else
 /* Whether XDP marked this datagram for rejection: a count waiting under
@@ -704,7 +707,7 @@ static __always_inline int reject_handed_over(struct __sk_buff *skb,
  * helpers as XDP's find the same source and UDP header; by here the stack
  * has taken off one VLAN tag, and parse_ethhdr() reads either form. */
 static __always_inline int reject_handed_over(struct __sk_buff *skb,
-					      struct nfg_config *cfg)
+					      struct nfg_config **cfg)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -712,12 +715,15 @@ static __always_inline int reject_handed_over(struct __sk_buff *skb,
 	struct nfg_dgram_key key;
 	struct l4_info l4;
 	__u64 *pending;
-	__u32 reason;
+	__u32 reason, zero = 0;
 	__be16 proto;
 	void *l3;
 	int r;
 
-	if (cfg->mode != NFG_MODE_ENFORCE || cfg->action != NFG_ACTION_REJECT)
+	/* Only enforce/reject hands anything over: other modes parse nothing. */
+	*cfg = config.lookup(&zero);
+	if (!*cfg || (*cfg)->mode != NFG_MODE_ENFORCE ||
+	    (*cfg)->action != NFG_ACTION_REJECT)
 		return 0;
 	l4.first_fragment = 0;
 	l4.ipv6 = 0;
@@ -751,11 +757,9 @@ static __always_inline int reject_handed_over(struct __sk_buff *skb,
  * reject mark, which the nftables rule rejects. */
 int nfguard_tc(struct __sk_buff *skb)
 {
-	struct nfg_config *cfg;
-	__u32 zero = 0;
+	struct nfg_config *cfg = NULL;
 
-	cfg = config.lookup(&zero);
-	if (!cfg || !reject_handed_over(skb, cfg))
+	if (!reject_handed_over(skb, &cfg))
 		return TC_ACT_UNSPEC;
 	skb->mark = cfg->reject_mark ? cfg->reject_mark
 				     : NFG_DEFAULT_REJECT_MARK;
